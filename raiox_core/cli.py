@@ -1,0 +1,307 @@
+"""The `raiox` command: argument parsing and printing; the work is done by raiox_core's modules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .config import Settings
+from .errors import ImageRejected, RaioxError
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
+APP_ENTRYPOINT = Path(__file__).resolve().parent.parent / "app" / "main.py"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="raiox", description="Identify dental implants on X-rays by similarity to labelled references.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("demo", help="seed synthetic references if the database is empty, then start the dashboard")
+    s.add_argument("--port", type=int, default=8501)
+    s.add_argument("--no-app", action="store_true", help="only seed; do not start the dashboard")
+
+    s = sub.add_parser("app", help="start the dashboard (headless)")
+    s.add_argument("--port", type=int, default=8501)
+
+    s = sub.add_parser("ingest", help="add reference images: files, folders or zip archives")
+    s.add_argument("paths", nargs="+", metavar="PATH")
+    s.add_argument("--manufacturer")
+    s.add_argument("--model")
+    s.add_argument("--diameter", type=float, help="diameter in mm")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("match", help="find the most similar references for X-ray images")
+    s.add_argument("images", nargs="+", metavar="IMAGE")
+    s.add_argument("--k", type=_positive_int, default=3)
+    s.add_argument("--manufacturer")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("list", help="list references")
+    s.add_argument("--manufacturer")
+    s.add_argument("--limit", type=_positive_int, default=1000)
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("stats", help="counts per manufacturer and per model_id")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("delete", help="delete references and their images")
+    s.add_argument("ids", nargs="+", type=int, metavar="ID")
+
+    s = sub.add_parser("doctor", help="check the database, storage and model")
+    s.add_argument("--repair", action="store_true", help="also remove stored images that no reference points to")
+
+    s = sub.add_parser("reembed", help="compute a model's vectors for every reference that lacks them")
+    s.add_argument("--model")
+    s.add_argument("--pretrained")
+    return p
+
+
+def _err(message: str) -> None:
+    print(f"raiox: {message}", file=sys.stderr)
+
+
+class Session:
+    """The resources of one command, opened on first use."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._db = self._storage = self._embedder = None
+
+    @property
+    def db(self):
+        if self._db is None:
+            from .db import open_database
+
+            self._db = open_database(self.settings)
+        return self._db
+
+    @property
+    def storage(self):
+        if self._storage is None:
+            from .storage import open_storage
+
+            self._storage = open_storage(self.settings)
+        return self._storage
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            from .embedder import load_from_settings
+
+            self._embedder = load_from_settings(self.settings)
+            if not self._embedder.trained:
+                _err(f"warning: UNTRAINED weights ({self._embedder.model_id}); matches are not meaningful.")
+        return self._embedder
+
+    @property
+    def limits(self):
+        from .images import ImageLimits
+
+        return ImageLimits.from_settings(self.settings)
+
+    def close(self):
+        if self._db is not None:
+            self._db.close()
+
+
+def _progress(done: int, total: int, stage: str) -> None:
+    if sys.stderr.isatty():
+        print(f"\r{done}/{total} {stage:<10}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+
+def cmd_ingest(args, s: Session) -> int:
+    from .ingest import LabelOverride, ingest_paths
+
+    labels = LabelOverride(args.manufacturer, args.model, args.diameter)
+    report = ingest_paths(args.paths, labels, db=s.db, storage=s.storage, embedder=s.embedder, limits=s.limits,
+                          progress=_progress)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
+    else:
+        for item in report.items:
+            if item.status == "ingested":
+                print(f"ingested  {item.file} -> #{item.id} {item.manufacturer} {item.model} {item.diameter_mm:g} mm")
+            elif item.status == "duplicate":
+                print(f"duplicate {item.file} (already #{item.id})")
+            else:
+                print(f"rejected  {item.file}: {item.reason}")
+        print(f"{len(report.ingested)} ingested, {len(report.duplicates)} duplicates, {len(report.rejected)} rejected")
+    return EXIT_REFUSED if report.rejected else EXIT_OK
+
+
+def cmd_match(args, s: Session) -> int:
+    from .db import Filters
+    from .match import match_bytes
+
+    results, refused = [], False
+    for name in args.images:
+        try:
+            data = Path(name).read_bytes()
+            result = match_bytes(data, limits=s.limits, file=name, db=s.db, embedder=s.embedder,
+                                 threshold=s.settings.match_threshold, k=args.k,
+                                 filters=Filters(manufacturer=args.manufacturer))
+            results.append(result.to_json())
+            if not args.json:
+                _print_match(result)
+        except (ImageRejected, OSError) as exc:
+            refused = True
+            reason = str(exc) if isinstance(exc, ImageRejected) else f"{name} could not be read ({exc.strerror})."
+            results.append({"file": name, "error": reason})
+            if not args.json:
+                _err(f"{name}: {reason}")
+    if args.json:
+        print(json.dumps(results, indent=2, ensure_ascii=False))
+    return EXIT_REFUSED if refused else EXIT_OK
+
+
+def _print_match(result) -> None:
+    verdict = result.answer if result.confident else "no confident match"
+    print(f"{result.file}: {verdict} (confidence {result.confidence:.0%}, model {result.model_id})")
+    for rank, m in enumerate(result.matches, 1):
+        print(f"  {rank}. #{m.id} {m.manufacturer} {m.model} {m.diameter_mm:g} mm  similarity {m.similarity:.1%}  {m.source_filename}")
+
+
+def cmd_list(args, s: Session) -> int:
+    from .db import Filters
+
+    rows = s.db.list(Filters(manufacturer=args.manufacturer), limit=args.limit)
+    if args.json:
+        keys = ("id", "manufacturer", "model", "diameter_mm", "source_filename", "sha256", "source")
+        print(json.dumps([{k: r[k] for k in keys} | {"created_at": r["created_at"].isoformat()} for r in rows], indent=2, ensure_ascii=False))
+    else:
+        for r in rows:
+            print(f"#{r['id']:<6} {r['manufacturer']:<16} {r['model']:<10} {r['diameter_mm']:>4g} mm  {r['source']:<9} {r['source_filename']}")
+    return EXIT_OK
+
+
+def cmd_stats(args, s: Session) -> int:
+    stats = s.db.stats()
+    if args.json:
+        print(json.dumps({k: stats[k] for k in ("references", "by_manufacturer", "models")}, indent=2, ensure_ascii=False))
+    else:
+        print(f"{stats['references']} references")
+        for name, n in stats["by_manufacturer"].items():
+            print(f"  {name}: {n}")
+        for model_id, n in stats["models"].items():
+            print(f"  vectors {model_id}: {n}")
+    return EXIT_OK
+
+
+def cmd_delete(args, s: Session) -> int:
+    from .catalogue import delete_reference
+    from .errors import NotFound
+
+    status = EXIT_OK
+    for ref_id in args.ids:
+        try:
+            delete_reference(s.db, s.storage, ref_id)
+            print(f"deleted #{ref_id}")
+        except NotFound as exc:
+            _err(str(exc))
+            status = EXIT_REFUSED
+    return status
+
+
+def cmd_doctor(args, s: Session) -> int:
+    from .catalogue import find_orphans, remove_orphans
+
+    checks: list[tuple[str, bool, str]] = []
+
+    def check(name, fn):
+        try:
+            checks.append((name, True, fn()))
+        except RaioxError as exc:
+            checks.append((name, False, str(exc)))
+
+    check("database", lambda: f"{s.db.description}, pgvector {s.db.pgvector_version()}")
+    check("storage", lambda: (s.storage.check_writable(), f"{s.storage.description} (writable)")[1])
+    check("model", lambda: f"{s.embedder.model_id} on {s.embedder.device}" + ("" if s.embedder.trained else " (UNTRAINED)"))
+    if checks[0][1]:
+        check("vectors", lambda: ", ".join(f"{m}: {n}" for m, n in s.db.stats()["models"].items()) or "none yet")
+        if checks[1][1]:
+            action = remove_orphans if args.repair else find_orphans
+            check("orphans", lambda: f"{len(action(s.db, s.storage, 0 if args.repair else 600))} "
+                                     + ("removed" if args.repair else "stored images without a reference"))
+    for name, ok, detail in checks:
+        print(f"{'ok  ' if ok else 'FAIL'} {name:<8} {detail}")
+    return EXIT_OK if all(ok for _, ok, _ in checks) else EXIT_REFUSED
+
+
+def cmd_reembed(args, s: Session) -> int:
+    from .catalogue import reembed
+
+    s.settings = s.settings.with_(model=args.model or s.settings.model, pretrained=args.pretrained or s.settings.pretrained)
+    added = reembed(s.db, s.storage, s.embedder, progress=lambda d, t: _progress(d, t, "embedding"))
+    print(f"{added} references embedded with {s.embedder.model_id}")
+    return EXIT_OK
+
+
+def seed_demo(s: Session) -> int:
+    """Ingest the synthetic set when the database has no references; returns how many were added."""
+    from .ingest import Source, ingest
+    from .synthetic import demo_files
+
+    if s.db.count() > 0:
+        return 0
+    sources = [Source.from_bytes(name, data) for name, data in demo_files()]
+    report = ingest(sources, db=s.db, storage=s.storage, embedder=s.embedder, limits=s.limits, source="synthetic",
+                    progress=_progress)
+    return len(report.ingested)
+
+
+def cmd_demo(args, s: Session) -> int:
+    added = seed_demo(s)
+    stats = s.db.stats()
+    print(f"Seeded {added} synthetic references; the database holds {stats['references']} over "
+          f"{len(stats['by_manufacturer'])} manufacturers.")
+    if args.no_app:
+        print("Match an X-ray with: raiox match IMAGE")
+        return EXIT_OK
+    s.close()
+    return cmd_app(args, s)
+
+
+def cmd_app(args, s: Session) -> int:
+    command = [sys.executable, "-m", "streamlit", "run", str(APP_ENTRYPOINT), "--server.port", str(args.port),
+               "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    print(f"Raiox dashboard on http://localhost:{args.port}", flush=True)
+    os.execv(sys.executable, command)  # replaces this process: Ctrl-C and signals reach streamlit directly
+
+
+COMMANDS = {
+    "demo": cmd_demo, "app": cmd_app, "ingest": cmd_ingest, "match": cmd_match, "list": cmd_list,
+    "stats": cmd_stats, "delete": cmd_delete, "doctor": cmd_doctor, "reembed": cmd_reembed,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # exits 2 on usage errors
+    logging.basicConfig(level=logging.ERROR, format="raiox: %(message)s")
+    session = None
+    try:
+        session = Session(Settings.from_env())
+        return COMMANDS[args.command](args, session)
+    except RaioxError as exc:
+        _err(str(exc))
+        return EXIT_REFUSED
+    except KeyboardInterrupt:
+        _err("interrupted.")
+        return 130
+    finally:
+        if session is not None:
+            session.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

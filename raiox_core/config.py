@@ -1,0 +1,103 @@
+"""Settings: one frozen dataclass built from RAIOX_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Mapping
+
+from .errors import ConfigError
+
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+
+
+def default_data_dir() -> Path:
+    """The per-user data directory (XDG on Linux, ~/Library on macOS, %APPDATA% on Windows)."""
+    if os.name == "nt":
+        base = Path(os.environ.get("APPDATA", Path.home() / "AppData" / "Roaming"))
+    elif os.uname().sysname == "Darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "raiox"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable; see the README's Configuration table for each variable."""
+
+    data_dir: Path = field(default_factory=default_data_dir)
+    database_url: str | None = None  # None: embedded PostgreSQL (pgserver) under data_dir/pg
+    storage_url: str | None = None  # None: file:// under data_dir/objects
+    s3_endpoint_url: str | None = None
+    model: str = DEFAULT_MODEL
+    pretrained: str = DEFAULT_PRETRAINED
+    device: str = "auto"
+    max_upload_mb: float = 20.0
+    max_pixels: int = 50_000_000
+    match_threshold: float = 0.6
+    staff_password: str | None = field(default=None, repr=False)
+    pool_max_size: int = 8
+    db_timeout_s: float = 10.0
+
+    @property
+    def embedded_database(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def effective_storage_url(self) -> str:
+        return self.storage_url or (self.data_dir / "objects").resolve().as_uri()
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    def with_(self, **changes) -> "Settings":
+        """A copy with some fields changed (used by tests and `raiox reembed`)."""
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """Read the RAIOX_* variables; unset or empty means the default."""
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        kwargs: dict = {}
+        if (v := get("RAIOX_DATA_DIR")) is not None:
+            kwargs["data_dir"] = Path(v).expanduser()
+        for name, attr in [
+            ("RAIOX_DATABASE_URL", "database_url"),
+            ("RAIOX_STORAGE_URL", "storage_url"),
+            ("RAIOX_S3_ENDPOINT_URL", "s3_endpoint_url"),
+            ("RAIOX_MODEL", "model"),
+            ("RAIOX_PRETRAINED", "pretrained"),
+            ("RAIOX_STAFF_PASSWORD", "staff_password"),
+        ]:
+            if (v := get(name)) is not None:
+                kwargs[attr] = v
+        if (v := get("RAIOX_DEVICE")) is not None:
+            if v not in ("auto", "cpu", "cuda"):
+                raise ConfigError(f"RAIOX_DEVICE must be auto, cpu or cuda, not {v!r}.")
+            kwargs["device"] = v
+        for name, attr, kind, low, high in [
+            ("RAIOX_MAX_UPLOAD_MB", "max_upload_mb", float, 0.001, 10_000),
+            ("RAIOX_MAX_PIXELS", "max_pixels", int, 1024, 10**10),
+            ("RAIOX_MATCH_THRESHOLD", "match_threshold", float, 0.0, 1.0),
+            ("RAIOX_POOL_MAX_SIZE", "pool_max_size", int, 2, 1000),
+            ("RAIOX_DB_TIMEOUT_S", "db_timeout_s", float, 0.1, 3600),
+        ]:
+            if (v := get(name)) is None:
+                continue
+            try:
+                value = kind(v)
+            except ValueError:
+                raise ConfigError(f"{name} must be a number, not {v!r}.") from None
+            if not low <= value <= high:
+                raise ConfigError(f"{name} must be between {low} and {high}, not {v}.")
+            kwargs[attr] = value
+        return cls(**kwargs)

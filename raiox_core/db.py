@@ -1,0 +1,347 @@
+"""PostgreSQL + pgvector: connection pool, numbered migrations, and the queries in sql/queries.sql."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlsplit
+
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from .errors import DatabaseUnavailable, NotFound
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+_MIGRATION_LOCK = 0x5241494F  # "RAIO": serialises migrations and index creation across processes
+# Below this many candidate rows a filtered search scans exactly: pgvector 0.6 has no iterative index
+# scans, so an HNSW scan followed by a selective WHERE could return fewer than k rows.
+EXACT_SEARCH_MAX_ROWS = 20_000
+HNSW_M, HNSW_EF_CONSTRUCTION, DEFAULT_EF_SEARCH = 16, 64, 40
+
+
+class DuplicateReference(Exception):
+    """An image with the same content hash is already a reference (possibly added concurrently)."""
+
+    def __init__(self, reference_id: int):
+        super().__init__(f"Already stored as reference {reference_id}.")
+        self.reference_id = reference_id
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Optional restrictions on which references are searched or listed."""
+
+    manufacturer: str | None = None
+    model: str | None = None
+    diameter_min: float | None = None
+    diameter_max: float | None = None
+    text: str | None = None
+
+    def params(self) -> dict[str, Any]:
+        return {k: (v if v not in ("", None) else None) for k, v in self.__dict__.items()}
+
+    def active(self) -> dict[str, Any]:
+        return {k: v for k, v in self.params().items() if v is not None}
+
+
+def redact_url(url: str) -> str:
+    """A database URL safe to show: no password, no query string (it may carry one too)."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    if parts.port:
+        host += f":{parts.port}"
+    user = f"{parts.username}@" if parts.username else ""
+    return f"{parts.scheme}://{user}{host}{parts.path}"
+
+
+@lru_cache(maxsize=1)
+def named_queries() -> dict[str, str]:
+    """`-- name: x` blocks of sql/queries.sql, by name."""
+    text = (SQL_DIR / "queries.sql").read_text()
+    blocks = re.split(r"^-- name: ([\w-]+)\s*$", text, flags=re.M)
+    return {name: body.strip() for name, body in zip(blocks[1::2], blocks[2::2])}
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, file name, SQL) of the numbered files in sql/, in order."""
+    found = []
+    for path in SQL_DIR.glob("[0-9][0-9][0-9]_*.sql"):
+        found.append((int(path.name[:3]), path.name, path.read_text()))
+    return sorted(found)
+
+
+def _configure(conn: psycopg.Connection) -> None:
+    register_vector(conn)
+
+
+def migrate(url: str, timeout_s: float = 10.0) -> list[str]:
+    """Apply the numbered sql/ files not yet recorded; safe when several processes start at once.
+
+    Runs on its own connection before the pool opens, because the pool's connections can only register
+    the vector type once `CREATE EXTENSION vector` has run.
+    """
+    applied: list[str] = []
+    with psycopg.connect(url, connect_timeout=max(1, int(timeout_s))) as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {v for (v,) in conn.execute("SELECT version FROM schema_migrations")}
+        for version, name, body in migrations():
+            if version not in done:
+                conn.execute(body)
+                conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name))
+                applied.append(name)
+    return applied
+
+
+class Database:
+    """A pooled connection to PostgreSQL with pgvector; every public method is one short transaction."""
+
+    def __init__(self, url: str, *, description: str, max_size: int = 8, timeout_s: float = 10.0, server=None):
+        self.url = url
+        self.description = description  # shown to users: never contains a password
+        self._server = server  # keeps the embedded server alive as long as this object
+        self._indexed_models: set[str] = set()
+        self._lock = threading.Lock()
+        self.pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=max_size,
+            timeout=timeout_s,
+            kwargs={"connect_timeout": max(1, int(timeout_s)), "autocommit": False},
+            configure=_configure,
+            check=ConnectionPool.check_connection,  # drops dead connections so we recover after an outage
+            open=False,
+            name="raiox",
+        )
+        self.pool.open(wait=False)
+
+    def close(self) -> None:
+        self.pool.close()
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection inside a transaction; connection failures become DatabaseUnavailable."""
+        try:
+            with self.pool.connection() as conn:
+                with conn.transaction():
+                    yield conn
+        except PoolTimeout:
+            raise DatabaseUnavailable(f"Cannot reach the database at {self.description}; is it running?") from None
+        except psycopg.OperationalError as exc:
+            if isinstance(exc, psycopg.errors.QueryCanceled):
+                raise DatabaseUnavailable("The database took too long to answer; try again.") from None
+            raise DatabaseUnavailable(f"Lost the connection to the database at {self.description}; try again.") from None
+
+    def query(self, name: str, params: dict | None = None, *, rows: bool = True) -> list[dict]:
+        with self.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            cur.execute(named_queries()[name], params or {})
+            return cur.fetchall() if rows and cur.description else []
+
+    # -- schema -----------------------------------------------------------------------------------
+
+    def ensure_model_index(self, model_id: str, dim: int) -> None:
+        """One partial HNSW cosine index per model_id, so searches of one model never wade through another's."""
+        if model_id in self._indexed_models:
+            return
+        name = "embeddings_hnsw_" + hashlib.sha256(model_id.encode()).hexdigest()[:16]
+        with self.connection() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute(
+                sql.SQL(
+                    "CREATE INDEX IF NOT EXISTS {name} ON embeddings USING hnsw ((embedding::vector({dim}))"
+                    " vector_cosine_ops) WITH (m = {m}, ef_construction = {ef}) WHERE model_id = {model_id}"
+                ).format(
+                    name=sql.Identifier(name), dim=sql.Literal(dim), m=sql.Literal(HNSW_M),
+                    ef=sql.Literal(HNSW_EF_CONSTRUCTION), model_id=sql.Literal(model_id),
+                )
+            )
+        with self._lock:
+            self._indexed_models.add(model_id)
+
+    # -- references ---------------------------------------------------------------------------------
+
+    def existing(self, shas: list[str]) -> dict[str, int]:
+        """sha256 -> reference id for the hashes already stored."""
+        return {r["sha256"]: r["id"] for r in self.query("existing-shas", {"shas": list(shas)})}
+
+    @contextmanager
+    def inserting(self, reference: dict, vector: np.ndarray, model_id: str) -> Iterator[int]:
+        """Insert a reference and its vector, yield its id, commit when the caller's block succeeds.
+
+        The caller stores the image inside the block, so a storage failure rolls the row back, and a
+        concurrent insert of the same image waits on the unique hash and then raises DuplicateReference.
+        """
+        self.ensure_model_index(model_id, len(vector))
+        try:
+            with self.connection() as conn:
+                (ref_id,) = conn.execute(named_queries()["insert-reference"], reference).fetchone()
+                conn.execute(
+                    named_queries()["upsert-embedding"],
+                    {"reference_id": ref_id, "model_id": model_id, "dim": len(vector), "embedding": vector},
+                )
+                yield ref_id
+        except psycopg.errors.UniqueViolation:
+            found = self.existing([reference["sha256"]])
+            raise DuplicateReference(found.get(reference["sha256"], -1)) from None
+
+    def add_embeddings(self, model_id: str, vectors: dict[int, np.ndarray]) -> None:
+        """Store (or replace) one model's vectors for existing references."""
+        if not vectors:
+            return
+        self.ensure_model_index(model_id, len(next(iter(vectors.values()))))
+        with self.connection() as conn:
+            conn.cursor().executemany(
+                named_queries()["upsert-embedding"],
+                [{"reference_id": i, "model_id": model_id, "dim": len(v), "embedding": v} for i, v in vectors.items()],
+            )
+
+    def get(self, reference_id: int) -> dict:
+        rows = self.query("get-reference", {"id": reference_id})
+        if not rows:
+            raise NotFound(f"There is no reference with id {reference_id}.")
+        return rows[0]
+
+    def list(self, filters: Filters = Filters(), limit: int = 100, offset: int = 0) -> list[dict]:
+        return self.query("list-references", {**filters.params(), "limit": limit, "offset": offset})
+
+    def count(self, filters: Filters = Filters()) -> int:
+        return self.query("count-references", filters.params())[0]["count"]
+
+    def delete(self, reference_id: int) -> str:
+        """Delete a reference (its vectors cascade) and return its object key for the caller to remove."""
+        rows = self.query("delete-reference", {"id": reference_id})
+        if not rows:
+            raise NotFound(f"There is no reference with id {reference_id}.")
+        return rows[0]["object_key"]
+
+    def update_labels(self, reference_id: int, manufacturer: str, model: str, diameter_mm: float) -> None:
+        params = {"id": reference_id, "manufacturer": manufacturer, "model": model, "diameter_mm": diameter_mm}
+        if not self.query("update-labels", params):
+            raise NotFound(f"There is no reference with id {reference_id}.")
+
+    def object_keys(self) -> set[str]:
+        return {r["object_key"] for r in self.query("object-keys")}
+
+    def stats(self) -> dict:
+        """Counts for `raiox stats` and the sidebar."""
+        by_manufacturer = {r["manufacturer"]: r["count"] for r in self.query("count-by-manufacturer")}
+        return {
+            "references": sum(by_manufacturer.values()),
+            "by_manufacturer": by_manufacturer,
+            "by_label": [(r["manufacturer"], r["model"], r["count"]) for r in self.query("count-by-label")],
+            "models": {r["model_id"]: r["count"] for r in self.query("count-by-model-id")},
+        }
+
+    def missing_embeddings(self, model_id: str) -> list[dict]:
+        return self.query("missing-embeddings", {"model_id": model_id})
+
+    def embeddings(self, model_id: str) -> list[dict]:
+        """Every reference with its vector for one model (for the explorer and evaluation)."""
+        return self.query("embeddings-for-model", {"model_id": model_id})
+
+    # -- search -------------------------------------------------------------------------------------
+
+    def search(self, vector: np.ndarray, model_id: str, k: int = 3, filters: Filters = Filters()) -> list[dict]:
+        """The k nearest references by cosine similarity among one model's vectors."""
+        dim = len(vector)
+        active = filters.active()
+        where = [sql.SQL("e.model_id = {}").format(sql.Literal(model_id))]
+        where += [sql.SQL(_FILTER_SQL[key]) for key in active]
+        query = sql.SQL(
+            "SELECT r.id, r.manufacturer, r.model, r.diameter_mm, r.source_filename, r.object_key, r.source,"
+            " 1 - (e.embedding::vector({dim}) <=> %(q)s::vector({dim})) AS similarity"
+            " FROM embeddings e JOIN reference_implants r ON r.id = e.reference_id"
+            " WHERE {where} ORDER BY e.embedding::vector({dim}) <=> %(q)s::vector({dim}) LIMIT %(k)s"
+        ).format(dim=sql.Literal(dim), where=sql.SQL(" AND ").join(where))
+        params = {**active, "q": np.asarray(vector, dtype=np.float32), "k": k}
+        exact = bool(active) and self.count(filters) <= EXACT_SEARCH_MAX_ROWS
+        with self.connection() as conn:
+            if exact:
+                conn.execute("SET LOCAL enable_indexscan = off")
+            elif active:
+                conn.execute("SET LOCAL hnsw.ef_search = 400")
+            else:
+                conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(max(DEFAULT_EF_SEARCH, k))))
+            cur = conn.cursor(row_factory=dict_row)
+            cur.execute(query, params)
+            return cur.fetchall()
+
+    # -- match log ----------------------------------------------------------------------------------
+
+    def log_match(self, *, query_sha256: str, model_id: str, k: int, filters: dict, results: list, confidence: float,
+                  confident: bool) -> int:
+        rows = self.query("insert-match-log", {
+            "query_sha256": query_sha256, "model_id": model_id, "k": k, "filters": Jsonb(filters),
+            "results": Jsonb(results), "confidence": confidence, "confident": confident,
+        })
+        return rows[0]["id"]
+
+    def set_feedback(self, log_id: int, feedback: str, feedback_label: str | None = None) -> None:
+        if feedback not in ("correct", "wrong"):
+            raise ValueError("feedback is 'correct' or 'wrong'")
+        if not self.query("set-feedback", {"id": log_id, "feedback": feedback, "feedback_label": feedback_label}):
+            raise NotFound(f"There is no match with id {log_id}.")
+
+    def match_log(self, log_id: int) -> dict:
+        rows = self.query("get-match-log", {"id": log_id})
+        if not rows:
+            raise NotFound(f"There is no match with id {log_id}.")
+        return rows[0]
+
+    def pgvector_version(self) -> str:
+        with self.connection() as conn:
+            row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+        return row[0] if row else "not installed"
+
+
+_FILTER_SQL = {
+    "manufacturer": "r.manufacturer = %(manufacturer)s",
+    "model": "r.model = %(model)s",
+    "diameter_min": "r.diameter_mm >= %(diameter_min)s",
+    "diameter_max": "r.diameter_mm <= %(diameter_max)s",
+    "text": "r.manufacturer || ' ' || r.model || ' ' || r.source_filename ILIKE '%%' || %(text)s || '%%'",
+}
+
+
+def start_embedded(data_dir: Path):
+    """Start (or join) the pgserver PostgreSQL under data_dir/pg and return its handle."""
+    import pgserver  # imported here: only the embedded default needs it
+
+    pgdata = Path(data_dir) / "pg"
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return pgserver.get_server(pgdata)  # stops when the last process using it exits
+    except Exception as exc:  # pgserver raises plain exceptions with initdb/pg_ctl output
+        raise DatabaseUnavailable(f"Could not start the embedded PostgreSQL in {pgdata}: {str(exc).splitlines()[0]}") from None
+
+
+def open_database(settings) -> Database:
+    """Connect (starting the embedded server when no URL is set) and bring the schema up to date."""
+    if settings.database_url:
+        url, server = settings.database_url, None
+        description = redact_url(url)
+    else:
+        server = start_embedded(settings.data_dir)
+        url = server.get_uri()
+        description = f"embedded PostgreSQL in {Path(settings.data_dir) / 'pg'}"
+    try:
+        migrate(url, settings.db_timeout_s)
+    except psycopg.OperationalError:
+        raise DatabaseUnavailable(f"Cannot reach the database at {description}; is it running?") from None
+    return Database(url, description=description, max_size=settings.pool_max_size, timeout_s=settings.db_timeout_s,
+                    server=server)

@@ -1,0 +1,159 @@
+"""OpenCLIP image embeddings: load once per process, encode in batches, L2-normalised float32."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from .errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+UNTRAINED = "none"
+UNTRAINED_SEED = 0  # untrained weights are reproducible across processes, so their vectors stay comparable
+HUB_HOST = ("huggingface.co", 443)
+
+
+@dataclass
+class Embedder:
+    """A loaded image tower with the facts needed to use and label its vectors."""
+
+    model: object  # open_clip CLIP model in eval mode
+    model_id: str  # e.g. "ViT-B-32/laion2b_s34b_b79k" or "ViT-B-32/untrained"
+    dim: int
+    image_size: int
+    mean: np.ndarray
+    std: np.ndarray
+    device: str
+    trained: bool
+
+    def to_tensor(self, images: Sequence[Image.Image]):
+        """Resize to the model's input and normalise; grayscale goes to all three channels."""
+        import torch
+
+        side = self.image_size
+        arrays = [np.asarray(im.convert("L").resize((side, side), Image.BICUBIC), dtype=np.float32) for im in images]
+        batch = np.stack(arrays)[:, None, :, :] / 255.0  # (n, 1, h, w)
+        batch = (batch - self.mean[None, :, None, None]) / self.std[None, :, None, None]  # (n, 3, h, w)
+        return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+
+    def encode(self, images: Sequence[Image.Image], batch_size: int = 16) -> np.ndarray:
+        """(n, dim) float32 unit vectors, one per image."""
+        import torch
+
+        out = np.empty((len(images), self.dim), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                chunk = self.to_tensor(images[start : start + batch_size])
+                features = self.model.encode_image(chunk).float()
+                features = torch.nn.functional.normalize(features, dim=-1)
+                out[start : start + len(chunk)] = features.cpu().numpy()
+        return out
+
+    def encode_one(self, image: Image.Image) -> np.ndarray:
+        return self.encode([image])[0]
+
+
+def model_id_for(model: str, pretrained: str) -> str:
+    """The label stored with each vector; a checkpoint is named by its file name and content hash."""
+    if pretrained.lower() == UNTRAINED:
+        return f"{model}/untrained"
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        return f"{model}/file:{path.name}@{_file_digest(path)[:12]}"
+    return f"{model}/{pretrained}"
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("RAIOX_DEVICE is cuda but no CUDA GPU is available; use auto or cpu.")
+    return device
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        return False
+    try:
+        with socket.create_connection(HUB_HOST, timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _check_weights_available(model: str, tag: str) -> None:
+    """Fail within seconds, not after a minute of retries, when a tag's weights cannot be had."""
+    import open_clip
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = open_clip.get_pretrained_cfg(model, tag)
+    if not cfg:
+        tags = ", ".join(t for m, t in open_clip.list_pretrained() if m == model) or "none known"
+        raise ModelLoadError(f"Unknown pretrained tag {tag!r} for {model}; known tags: {tags}.")
+    repo_id = cfg.get("hf_hub", "").rstrip("/")
+    if repo_id:
+        for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+            if isinstance(try_to_load_from_cache(repo_id, name), str):
+                return
+    if not _hub_reachable():
+        raise ModelLoadError(
+            f"The {model} weights {tag!r} are not cached and huggingface.co cannot be reached; set "
+            "RAIOX_PRETRAINED to a local checkpoint file, copy a Hugging Face cache from a connected machine "
+            "into ~/.cache/huggingface, or use RAIOX_PRETRAINED=none for untrained weights (demo only)."
+        )
+
+
+def load_embedder(model: str = "ViT-B-32", pretrained: str = "laion2b_s34b_b79k", device: str = "auto") -> Embedder:
+    """Create the OpenCLIP model once; the caller caches it (the app with st.cache_resource)."""
+    import open_clip
+    import torch
+
+    if model not in open_clip.list_models():
+        raise ModelLoadError(f"Unknown OpenCLIP model {model!r}; see open_clip.list_models() for the names.")
+    device = _resolve_device(device)
+    trained = pretrained.lower() != UNTRAINED
+    path = Path(pretrained).expanduser()
+    if trained and not path.is_file():
+        if os.sep in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors", ".pth")):
+            raise ModelLoadError(f"The checkpoint file {pretrained} does not exist.")
+        _check_weights_available(model, pretrained)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(UNTRAINED_SEED)
+            weights = (str(path) if path.is_file() else pretrained) if trained else None
+            clip = open_clip.create_model(model, pretrained=weights, device=device)
+    except (RuntimeError, OSError, ValueError, KeyError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelLoadError(f"Could not load {model} weights from {pretrained}: {first}") from None
+    clip.eval()
+    visual = clip.visual
+    size = visual.image_size if isinstance(visual.image_size, int) else visual.image_size[0]
+    mean = np.asarray(getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN, dtype=np.float32)
+    std = np.asarray(getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD, dtype=np.float32)
+    dim = int(visual.output_dim)
+    if not trained:
+        log.warning("Raiox is using UNTRAINED %s weights: matches are not meaningful.", model)
+    return Embedder(clip, model_id_for(model, pretrained), dim, size, mean, std, device, trained)
+
+
+def load_from_settings(settings) -> Embedder:
+    """load_embedder with the configured model, weights and device."""
+    return load_embedder(settings.model, settings.pretrained, settings.device)

@@ -1,0 +1,288 @@
+"""Ingestion: files, folders and zip archives -> validated, deduplicated, stored, embedded references.
+
+All or nothing per image: the row and its vector are inserted in a transaction that commits only after
+the image is stored, and an image stored for a transaction that then fails is removed again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterable
+
+from .db import Database, DuplicateReference
+from .embedder import Embedder
+from .errors import DatabaseUnavailable, ImageRejected, NamingError, StorageError
+from .images import ImageLimits, PreparedImage, prepare_image
+from .naming import Labels, resolve_labels
+from .storage import Storage, reference_key
+
+log = logging.getLogger(__name__)
+MAX_NAME_CHARS = 255
+Progress = Callable[[int, int, str], None]  # (done, total, stage)
+
+
+@dataclass
+class LabelOverride:
+    """Labels given explicitly (CLI flags, the dashboard's table); each one overrides the file name."""
+
+    manufacturer: str | None = None
+    model: str | None = None
+    diameter_mm: float | None = None
+
+    def resolve(self, filename: str) -> Labels:
+        return resolve_labels(filename, self.manufacturer, self.model, self.diameter_mm)
+
+
+@dataclass
+class Source:
+    """One candidate file: a display name, a reader, and optional explicit labels."""
+
+    name: str
+    read: Callable[[int], bytes]  # read(max_bytes): at most max_bytes + 1 bytes, so oversize is detectable
+    labels: LabelOverride = field(default_factory=LabelOverride)
+    filename: str = ""  # the bare file name, for labels and display; defaults to the last part of name
+
+    def __post_init__(self):
+        self.filename = (self.filename or PurePosixPath(self.name.replace("\\", "/")).name)[-MAX_NAME_CHARS:]
+
+    @classmethod
+    def from_bytes(cls, name: str, data: bytes, labels: LabelOverride | None = None) -> "Source":
+        return cls(name, lambda limit: data[: limit + 1], labels or LabelOverride())
+
+
+@dataclass
+class FileReport:
+    """What happened to one file."""
+
+    file: str
+    status: str  # "ingested", "duplicate" or "rejected"
+    id: int | None = None
+    reason: str | None = None
+    manufacturer: str | None = None
+    model: str | None = None
+    diameter_mm: float | None = None
+
+
+@dataclass
+class IngestReport:
+    items: list[FileReport] = field(default_factory=list)
+
+    def of(self, status: str) -> list[FileReport]:
+        return [i for i in self.items if i.status == status]
+
+    @property
+    def ingested(self) -> list[FileReport]:
+        return self.of("ingested")
+
+    @property
+    def duplicates(self) -> list[FileReport]:
+        return self.of("duplicate")
+
+    @property
+    def rejected(self) -> list[FileReport]:
+        return self.of("rejected")
+
+    def to_json(self) -> dict:
+        """The stable shape documented in the README for `raiox ingest --json`."""
+        return {
+            "ingested": [
+                {"id": i.id, "file": i.file, "manufacturer": i.manufacturer, "model": i.model, "diameter_mm": i.diameter_mm}
+                for i in self.ingested
+            ],
+            "duplicates": [{"file": i.file, "id": i.id} for i in self.duplicates],
+            "rejected": [{"file": i.file, "reason": i.reason} for i in self.rejected],
+        }
+
+
+# -- collecting sources ---------------------------------------------------------------------------
+
+
+def _file_source(path: Path, name: str, labels: LabelOverride) -> Source:
+    def read(limit: int) -> bytes:
+        with path.open("rb") as f:
+            return f.read(limit + 1)
+
+    return Source(name, read, labels)
+
+
+def _zip_sources(path: Path, labels: LabelOverride) -> tuple[list[Source], list[FileReport]]:
+    sources, refused = [], []
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError):
+        return [], [FileReport(path.name, "rejected", reason=f"{path.name} is not a readable zip archive.")]
+    for info in archive.infolist():
+        if info.is_dir():
+            continue
+        member = PurePosixPath(info.filename.replace("\\", "/"))
+        shown = f"{path.name}:{info.filename}"
+        if member.is_absolute() or ".." in member.parts or info.filename.startswith(("/", "\\")) or ":" in member.parts[0]:
+            refused.append(FileReport(shown, "rejected", reason="The archive entry has an absolute or '..' path and was not extracted."))
+            continue
+
+        def read(limit: int, info=info) -> bytes:
+            with archive.open(info) as f:  # read at most limit+1 bytes: a zip bomb cannot fill memory
+                return f.read(limit + 1)
+
+        sources.append(Source(shown, read, labels, filename=member.name))
+    return sources, refused
+
+
+def collect_sources(paths: Iterable[str | os.PathLike], labels: LabelOverride | None = None) -> tuple[list[Source], list[FileReport]]:
+    """Expand files, folders (recursively) and .zip archives into sources; unreadable paths are reported."""
+    labels = labels or LabelOverride()
+    sources: list[Source] = []
+    refused: list[FileReport] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file())
+            for p in files:
+                found, bad = _expand_file(p, str(p.relative_to(path.parent)), labels)
+                sources += found
+                refused += bad
+        elif path.is_file():
+            found, bad = _expand_file(path, path.name, labels)
+            sources += found
+            refused += bad
+        else:
+            refused.append(FileReport(str(raw), "rejected", reason=f"{raw} does not exist."))
+    return sources, refused
+
+
+def _expand_file(path: Path, name: str, labels: LabelOverride) -> tuple[list[Source], list[FileReport]]:
+    if path.suffix.lower() == ".zip":
+        return _zip_sources(path, labels)
+    return [_file_source(path, name, labels)], []
+
+
+# -- the pipeline ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Candidate:
+    report: FileReport
+    filename: str
+    labels: Labels
+    image: PreparedImage
+
+
+def _prepare(source: Source, limits: ImageLimits) -> _Candidate | FileReport:
+    name = source.name[-MAX_NAME_CHARS:]
+    try:
+        labels = source.labels.resolve(source.filename)
+        image = prepare_image(source.read(limits.max_bytes), limits)
+    except (ImageRejected, NamingError) as exc:
+        return FileReport(name, "rejected", reason=str(exc))
+    except OSError as exc:
+        return FileReport(name, "rejected", reason=f"The file could not be read ({exc.strerror or type(exc).__name__}).")
+    report = FileReport(name, "ingested", manufacturer=labels.manufacturer, model=labels.model, diameter_mm=labels.diameter_mm)
+    return _Candidate(report, source.filename, labels, image)
+
+
+def _store_one(candidate: _Candidate, vector, *, db: Database, storage: Storage, model_id: str, source: str) -> None:
+    """Insert + store + commit for one image; on any failure nothing of it remains."""
+    image, labels = candidate.image, candidate.labels
+    key = reference_key(image.sha256)
+    row = {
+        "manufacturer": labels.manufacturer, "model": labels.model, "diameter_mm": labels.diameter_mm,
+        "source_filename": candidate.filename,
+        "sha256": image.sha256, "object_key": key, "width": image.width, "height": image.height, "source": source,
+    }
+    stored = False
+    try:
+        with db.inserting(row, vector, model_id) as ref_id:
+            storage.put(key, image.png)
+            stored = True
+        candidate.report.id = ref_id
+    except DuplicateReference as dup:
+        candidate.report.status, candidate.report.id = "duplicate", dup.reference_id
+    except BaseException:
+        if stored:  # the commit failed after the object was written: take the object back
+            try:
+                storage.delete(key)
+            except StorageError:
+                log.error("Could not remove %s after a failed commit; `raiox doctor --repair` will.", key)
+        raise
+
+
+def ingest(
+    sources: list[Source],
+    *,
+    db: Database,
+    storage: Storage,
+    embedder: Embedder,
+    limits: ImageLimits = ImageLimits(),
+    source: str = "upload",
+    batch_size: int = 16,
+    progress: Progress | None = None,
+) -> IngestReport:
+    """Validate, dedupe, embed, store and insert each source; running it again changes nothing."""
+    report = IngestReport()
+    total = len(sources)
+    done = 0
+    for start in range(0, total, batch_size):
+        batch = sources[start : start + batch_size]
+        prepared = [_prepare(s, limits) for s in batch]
+        candidates = [p for p in prepared if isinstance(p, _Candidate)]
+        known = db.existing([c.image.sha256 for c in candidates])
+        fresh: dict[str, _Candidate] = {}
+        for item in prepared:
+            if isinstance(item, FileReport):
+                continue
+            sha = item.image.sha256
+            if sha in known:
+                item.report.status, item.report.id = "duplicate", known[sha]
+            elif sha in fresh:
+                item.report.status = "duplicate"  # its id is filled in once the first copy is inserted
+            else:
+                fresh[sha] = item
+        new = list(fresh.values())
+        if progress:
+            progress(done, total, "embedding")
+        vectors = embedder.encode([c.image.image for c in new], batch_size=batch_size) if new else []
+        if progress:
+            progress(done, total, "storing")
+        failure: str | None = None
+        for candidate, vector in zip(new, vectors):
+            if failure:
+                candidate.report.status, candidate.report.reason = "rejected", failure
+                continue
+            try:
+                _store_one(candidate, vector, db=db, storage=storage, model_id=embedder.model_id, source=source)
+            except (StorageError, DatabaseUnavailable) as exc:
+                candidate.report.status, candidate.report.reason = "rejected", str(exc)
+                # The store or the database is down: stop rather than fail every remaining file slowly.
+                failure = f"Not attempted after an earlier failure: {exc}"
+        for item in prepared:
+            entry = item if isinstance(item, FileReport) else item.report
+            if entry.status == "duplicate" and entry.id is None:  # a second copy within the batch
+                first = fresh[item.image.sha256].report
+                entry.id, entry.reason = first.id, first.reason
+                entry.status = "rejected" if first.status == "rejected" else "duplicate"
+            report.items.append(entry)
+        done += len(batch)
+        if progress:
+            progress(done, total, "done" if done == total else "reading")
+        if failure:
+            for rest in sources[start + batch_size :]:
+                report.items.append(FileReport(rest.name[-MAX_NAME_CHARS:], "rejected", reason=failure))
+            break
+    return report
+
+
+def ingest_paths(paths: Iterable[str | os.PathLike], labels: LabelOverride | None = None, **kwargs) -> IngestReport:
+    """collect_sources + ingest, with unreadable paths and unsafe archive entries in the same report."""
+    sources, refused = collect_sources(paths, labels)
+    report = ingest(sources, **kwargs)
+    report.items = refused + report.items
+    return report
+
+
+def report_dicts(report: IngestReport) -> list[dict]:
+    """One flat dict per file, for tables."""
+    return [asdict(i) for i in report.items]

@@ -1,0 +1,82 @@
+-- Named queries, loaded by raiox_core/db.py. Parameters by name; a NULL filter means "any".
+
+-- name: existing-shas
+SELECT sha256, id FROM reference_implants WHERE sha256 = ANY(%(shas)s);
+
+-- name: insert-reference
+INSERT INTO reference_implants
+    (manufacturer, model, diameter_mm, source_filename, sha256, object_key, width, height, source)
+VALUES
+    (%(manufacturer)s, %(model)s, %(diameter_mm)s, %(source_filename)s, %(sha256)s, %(object_key)s,
+     %(width)s, %(height)s, %(source)s)
+RETURNING id;
+
+-- name: upsert-embedding
+INSERT INTO embeddings (reference_id, model_id, dim, embedding)
+VALUES (%(reference_id)s, %(model_id)s, %(dim)s, %(embedding)s)
+ON CONFLICT (reference_id, model_id) DO UPDATE SET dim = EXCLUDED.dim, embedding = EXCLUDED.embedding;
+
+-- name: get-reference
+SELECT id, manufacturer, model, diameter_mm, source_filename, sha256, object_key, width, height, source, created_at
+FROM reference_implants WHERE id = %(id)s;
+
+-- name: list-references
+SELECT id, manufacturer, model, diameter_mm, source_filename, sha256, object_key, width, height, source, created_at
+FROM reference_implants
+WHERE (%(manufacturer)s::text IS NULL OR manufacturer = %(manufacturer)s)
+  AND (%(model)s::text IS NULL OR model = %(model)s)
+  AND (%(diameter_min)s::real IS NULL OR diameter_mm >= %(diameter_min)s)
+  AND (%(diameter_max)s::real IS NULL OR diameter_mm <= %(diameter_max)s)
+  AND (%(text)s::text IS NULL OR manufacturer || ' ' || model || ' ' || source_filename ILIKE '%%' || %(text)s || '%%')
+ORDER BY manufacturer, model, diameter_mm, id
+LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: count-references
+SELECT count(*) FROM reference_implants
+WHERE (%(manufacturer)s::text IS NULL OR manufacturer = %(manufacturer)s)
+  AND (%(model)s::text IS NULL OR model = %(model)s)
+  AND (%(diameter_min)s::real IS NULL OR diameter_mm >= %(diameter_min)s)
+  AND (%(diameter_max)s::real IS NULL OR diameter_mm <= %(diameter_max)s)
+  AND (%(text)s::text IS NULL OR manufacturer || ' ' || model || ' ' || source_filename ILIKE '%%' || %(text)s || '%%');
+
+-- name: delete-reference
+DELETE FROM reference_implants WHERE id = %(id)s RETURNING object_key;
+
+-- name: update-labels
+UPDATE reference_implants SET manufacturer = %(manufacturer)s, model = %(model)s, diameter_mm = %(diameter_mm)s
+WHERE id = %(id)s RETURNING id;
+
+-- name: count-by-manufacturer
+SELECT manufacturer, count(*) FROM reference_implants GROUP BY manufacturer ORDER BY count(*) DESC, manufacturer;
+
+-- name: count-by-label
+SELECT manufacturer, model, count(*) FROM reference_implants GROUP BY manufacturer, model ORDER BY manufacturer, model;
+
+-- name: count-by-model-id
+SELECT model_id, count(*) FROM embeddings GROUP BY model_id ORDER BY model_id;
+
+-- name: missing-embeddings
+SELECT r.id, r.object_key FROM reference_implants r
+WHERE NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.reference_id = r.id AND e.model_id = %(model_id)s)
+ORDER BY r.id;
+
+-- name: embeddings-for-model
+SELECT r.id, r.manufacturer, r.model, r.diameter_mm, r.source_filename, r.object_key, r.source, e.embedding
+FROM embeddings e JOIN reference_implants r ON r.id = e.reference_id
+WHERE e.model_id = %(model_id)s ORDER BY r.id;
+
+-- name: object-keys
+SELECT object_key FROM reference_implants;
+
+-- name: insert-match-log
+INSERT INTO match_log (query_sha256, model_id, k, filters, results, confidence, confident)
+VALUES (%(query_sha256)s, %(model_id)s, %(k)s, %(filters)s, %(results)s, %(confidence)s, %(confident)s)
+RETURNING id;
+
+-- name: set-feedback
+UPDATE match_log SET feedback = %(feedback)s, feedback_label = %(feedback_label)s, feedback_at = now()
+WHERE id = %(id)s RETURNING id;
+
+-- name: get-match-log
+SELECT id, created_at, query_sha256, model_id, k, filters, results, confidence, confident, feedback, feedback_label
+FROM match_log WHERE id = %(id)s;

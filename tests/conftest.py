@@ -1,0 +1,70 @@
+"""Shared fixtures for real services: embedded PostgreSQL + pgvector, moto's S3 server, untrained model."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a model hub: untrained, seeded weights unless a test says otherwise.
+os.environ["RAIOX_PRETRAINED"] = "none"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from raiox_core.config import Settings  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def pg_url(tmp_path_factory) -> str:
+    """One embedded PostgreSQL 16 + pgvector for the whole run, in a throw-away directory."""
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    yield server.get_uri()
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's S3 API served over real HTTP on 127.0.0.1."""
+    from moto.server import ThreadedMotoServer
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing-secret")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+_bucket_counter = iter(range(10**6))
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint) -> str:
+    """A fresh, empty bucket per test."""
+    import boto3
+
+    name = f"raiox-test-{next(_bucket_counter)}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Local storage in a temp dir, untrained weights, no database URL (tests add pg_url)."""
+    return Settings(data_dir=tmp_path / "data", pretrained="none", device="cpu")
+
+
+@pytest.fixture
+def s3_settings(settings, s3_endpoint, s3_bucket) -> Settings:
+    return settings.with_(storage_url=f"s3://{s3_bucket}/raiox", s3_endpoint_url=s3_endpoint)
