@@ -106,7 +106,8 @@ def _check_weights_available(model: str, tag: str) -> None:
 
     cfg = open_clip.get_pretrained_cfg(model, tag)
     if not cfg:
-        tags = ", ".join(t for m, t in open_clip.list_pretrained() if m == model) or "none known"
+        tags = [t for m, t in open_clip.list_pretrained() if m == model]
+        tags = ", ".join(tags[:6]) + (", …" if len(tags) > 6 else "") if tags else "none known"
         raise ModelLoadError(f"Unknown pretrained tag {tag!r} for {model}; known tags: {tags}.")
     repo_id = cfg.get("hf_hub", "").rstrip("/")
     if repo_id:

@@ -68,3 +68,34 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def s3_settings(settings, s3_endpoint, s3_bucket) -> Settings:
     return settings.with_(storage_url=f"s3://{s3_bucket}/raiox", s3_endpoint_url=s3_endpoint)
+
+
+@pytest.fixture(scope="session")
+def _database(pg_url):
+    from raiox_core.db import Database, migrate
+
+    migrate(pg_url)
+    database = Database(pg_url, description="test PostgreSQL")
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def db(_database):
+    """The session's database, emptied before each test."""
+    with _database.connection() as conn:
+        conn.execute("TRUNCATE reference_implants, embeddings, match_log RESTART IDENTITY CASCADE")
+    return _database
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    """Untrained ViT-B-32, seeded: loaded once per test run, like the app's cached model."""
+    from raiox_core.embedder import load_embedder
+
+    return load_embedder("ViT-B-32", "none", "cpu")
+
+
+@pytest.fixture
+def db_settings(settings, pg_url) -> Settings:
+    return settings.with_(database_url=pg_url)

@@ -1,0 +1,69 @@
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from raiox_core.embedder import load_embedder, model_id_for
+from raiox_core.errors import ModelLoadError
+
+
+def images(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, (256, 256), dtype=np.uint8), "L") for _ in range(n)]
+
+
+def test_untrained_vectors_are_unit_float32_and_labelled(embedder):
+    vectors = embedder.encode(images(5), batch_size=2)
+    assert vectors.shape == (5, 512) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert embedder.model_id == "ViT-B-32/untrained" and not embedder.trained
+
+
+def test_batching_does_not_change_vectors(embedder):
+    batch = images(4, seed=1)
+    together = embedder.encode(batch, batch_size=4)
+    alone = np.stack([embedder.encode_one(im) for im in batch])
+    assert np.allclose(together, alone, atol=1e-4)
+
+
+def test_untrained_weights_are_reproducible_across_loads(embedder):
+    again = load_embedder("ViT-B-32", "none", "cpu")
+    im = images(1, seed=2)
+    assert np.allclose(embedder.encode(im), again.encode(im), atol=1e-6)
+
+
+def test_checkpoint_file_is_loaded_through_the_real_path(embedder, tmp_path):
+    # Change the weights before saving, so equal vectors prove the checkpoint (not the seed) was loaded.
+    changed = load_embedder("ViT-B-32", "none", "cpu")
+    with torch.no_grad():
+        changed.model.visual.proj.mul_(-1.0).add_(0.01)
+    path = tmp_path / "implants-finetuned.pt"
+    torch.save(changed.model.state_dict(), path)
+    loaded = load_embedder("ViT-B-32", str(path), "cpu")
+    im = images(2, seed=3)
+    assert np.allclose(loaded.encode(im), changed.encode(im), atol=1e-5)
+    assert not np.allclose(loaded.encode(im), embedder.encode(im), atol=1e-3)
+    assert loaded.trained and loaded.model_id.startswith("ViT-B-32/file:implants-finetuned.pt@")
+    assert loaded.model_id == model_id_for("ViT-B-32", str(path))
+
+
+def test_offline_pretrained_tag_fails_fast_with_instructions(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.monotonic()
+    with pytest.raises(ModelLoadError) as info:
+        load_embedder("ViT-B-32", "laion2b_s34b_b79k", "cpu")
+    assert time.monotonic() - start < 10
+    assert "RAIOX_PRETRAINED" in str(info.value) and "checkpoint" in str(info.value)
+
+
+@pytest.mark.parametrize("model, pretrained, fragment", [
+    ("ViT-B-32", "no-such-tag", "Unknown pretrained tag"),
+    ("ViT-Nope", "none", "Unknown OpenCLIP model"),
+    ("ViT-B-32", "/nowhere/weights.pt", "does not exist"),
+])
+def test_bad_model_settings_are_one_sentence(model, pretrained, fragment):
+    with pytest.raises(ModelLoadError, match=fragment) as info:
+        load_embedder(model, pretrained, "cpu")
+    assert "\n" not in str(info.value)
