@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import re
-import time
 
 import numpy as np
 import pytest
@@ -112,13 +111,17 @@ def _implant_patch(im: Image.Image) -> np.ndarray:
     a = np.asarray(im, dtype=np.float32)
     ys, xs = np.nonzero(metal(a))
     top = int(ys.max() - 0.7 * (ys.max() - ys.min()))  # lower 70%: the body, not the abutment
-    patch = np.asarray(im.crop((xs.min(), top, xs.max() + 1, ys.max() + 1)).resize((32, 96), Image.BILINEAR), np.float32)
+    patch = im.crop((xs.min(), top, xs.max() + 1, ys.max() + 1)).resize((32, 96), Image.BILINEAR)
+    patch = np.asarray(patch, dtype=np.float32)
     return (patch - patch.mean()) / patch.std()
 
 
 def test_designs_are_distinguishable():
     seeds = range(4)
-    patches = {(i, s): _implant_patch(render(d, d.diameters_mm[1], seed=100 + s)) for i, d in enumerate(CATALOGUE) for s in seeds}
+    patches = {}
+    for i, d in enumerate(CATALOGUE):
+        for s in seeds:
+            patches[i, s] = _implant_patch(render(d, d.diameters_mm[1], seed=100 + s))
     n = len(CATALOGUE)
     same, different = [], []
     for i in range(n):
@@ -129,12 +132,3 @@ def test_designs_are_distinguishable():
                         (same if i == j else different).append(np.abs(patches[i, s] - patches[j, t]).mean())
     # Measured ratio is about 2-2.7; 1.3 leaves room for changes in the look.
     assert np.mean(same) * 1.3 < np.mean(different)
-
-
-def test_render_is_fast():
-    d = CATALOGUE[1]
-    render(d, 4.3, seed=0)
-    start = time.perf_counter()
-    for s in range(10):
-        render(d, 4.3, seed=s)
-    assert (time.perf_counter() - start) / 10 < 0.25  # budget is 50 ms; generous for loaded CI machines

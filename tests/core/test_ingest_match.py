@@ -1,0 +1,203 @@
+"""Ingestion and matching through the real pipeline: embedded PostgreSQL, local and S3 storage, untrained model."""
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from raiox_core.catalogue import delete_reference, find_orphans, reembed, remove_orphans
+from raiox_core.db import Filters
+from raiox_core.errors import StorageError
+from raiox_core.ingest import LabelOverride, Source, collect_sources, ingest, ingest_paths
+from raiox_core.match import match_bytes, vote, Neighbour
+from raiox_core.storage import REFERENCE_PREFIX, open_storage
+from raiox_core.synthetic import demo_files
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request, settings):
+    if request.param == "s3":
+        settings = request.getfixturevalue("s3_settings")
+    return open_storage(settings)
+
+
+@pytest.fixture(scope="module")
+def files():
+    return demo_files(per_diameter=1)[:12]
+
+
+def sources(files):
+    return [Source.from_bytes(name, data) for name, data in files]
+
+
+def assert_consistent(db, storage):
+    """Every row has its object and vector; every object has its row."""
+    keys = set(storage.list_keys(REFERENCE_PREFIX))
+    assert keys == db.object_keys()
+    assert db.stats()["models"].get("ViT-B-32/untrained", 0) == db.count()
+
+
+def test_ingest_then_repeat_is_a_no_op(db, storage, embedder, files):
+    first = ingest(sources(files), db=db, storage=storage, embedder=embedder)
+    assert len(first.ingested) == len(files) and not first.rejected
+    assert {i.manufacturer for i in first.ingested} >= {"Nobel Biocare", "Straumann"}
+    again = ingest(sources(files), db=db, storage=storage, embedder=embedder)
+    assert len(again.duplicates) == len(files) and not again.ingested
+    assert {d.id for d in again.duplicates} == {i.id for i in first.ingested}
+    assert db.count() == len(files)
+    assert_consistent(db, storage)
+
+
+def test_exact_copy_matches_itself_first(db, storage, embedder, files):
+    ingest(sources(files), db=db, storage=storage, embedder=embedder)
+    name, data = files[5]
+    result = match_bytes(data, db=db, embedder=embedder, threshold=0.6, k=3)
+    assert result.matches[0].source_filename == name
+    assert result.matches[0].similarity >= 0.99
+    assert len(result.matches) == 3 and result.log_id is not None
+    logged = db.match_log(result.log_id)
+    assert logged["query_sha256"] == result.query.sha256 and logged["model_id"] == "ViT-B-32/untrained"
+    as_json = result.to_json()
+    assert set(as_json) >= {"file", "model_id", "confident", "matches", "vote"}
+    assert set(as_json["matches"][0]) == {"id", "manufacturer", "model", "diameter_mm", "similarity", "source_filename"}
+
+
+def test_manufacturer_filter_and_threshold(db, storage, embedder, files):
+    ingest(sources(files), db=db, storage=storage, embedder=embedder)
+    data = files[0][1]
+    only = match_bytes(data, db=db, embedder=embedder, threshold=1.0, k=5, filters=Filters(manufacturer="Straumann"))
+    assert {m.manufacturer for m in only.matches} == {"Straumann"}
+    assert not only.confident or only.confidence >= 1.0
+    none = match_bytes(data, db=db, embedder=embedder, threshold=1.01 - 1e-9, k=3)
+    assert not none.confident and none.answer == "no confident match"
+
+
+def test_duplicates_within_one_batch(db, storage, embedder, files):
+    name, data = files[0]
+    report = ingest([Source.from_bytes(name, data), Source.from_bytes(name.replace("_01", "_99"), data)],
+                    db=db, storage=storage, embedder=embedder)
+    assert [i.status for i in report.items] == ["ingested", "duplicate"]
+    assert report.items[1].id == report.items[0].id
+
+
+def test_bad_files_are_rejected_with_reasons(db, storage, embedder, files):
+    batch = [
+        Source.from_bytes("NOBEL_REPLACE_4.3mm_01.jpg", b""),
+        Source.from_bytes("NOBEL_REPLACE_4.3mm_02.jpg", b"just some text, not an image"),
+        Source.from_bytes("radiograph.png", files[0][1]),  # no labels in the name
+    ]
+    report = ingest(batch, db=db, storage=storage, embedder=embedder)
+    assert [i.status for i in report.items] == ["rejected"] * 3
+    for item in report.items:
+        assert item.reason.endswith(".") and "\n" not in item.reason
+    assert db.count() == 0 and storage.list_keys(REFERENCE_PREFIX) == []
+
+
+def test_explicit_labels_override_the_name(db, storage, embedder, files):
+    src = Source.from_bytes("scan-0001.png", files[0][1], LabelOverride("zimmer", "tsv", 4.7))
+    report = ingest([src], db=db, storage=storage, embedder=embedder)
+    item = report.ingested[0]
+    assert (item.manufacturer, item.model, item.diameter_mm) == ("Zimmer", "TSV", 4.7)
+    assert db.get(item.id)["source_filename"] == "scan-0001.png"
+
+
+def test_storage_failure_leaves_no_row(db, settings, embedder, files):
+    class FailingStorage(type(open_storage(settings))):
+        def put(self, key, data, content_type="image/png"):
+            raise StorageError("The storage is down.")
+
+    storage = FailingStorage(settings.data_dir / "objects")
+    report = ingest(sources(files[:4]), db=db, storage=storage, embedder=embedder)
+    assert len(report.rejected) == 4 and "storage is down" in report.rejected[0].reason
+    assert "Not attempted" in report.rejected[1].reason
+    assert db.count() == 0 and storage.list_keys(REFERENCE_PREFIX) == []
+
+
+def test_s3_outage_leaves_no_row_and_rerun_finishes(db, s3_settings, embedder, files):
+    from raiox_core.storage import S3Storage
+
+    down = S3Storage("nowhere", "", endpoint_url="http://127.0.0.1:9", max_retries=0, timeout_s=1)
+    report = ingest(sources(files[:3]), db=db, storage=down, embedder=embedder)
+    assert len(report.rejected) == 3 and db.count() == 0
+    up = open_storage(s3_settings)
+    report = ingest(sources(files[:3]), db=db, storage=up, embedder=embedder)
+    assert len(report.ingested) == 3
+    assert_consistent(db, up)
+
+
+def test_database_lost_after_store_leaves_no_orphan(db, pg_url, storage, embedder, files, monkeypatch):
+    import psycopg
+
+    real_put = storage.put
+
+    def put_then_lose_the_database(key, data, content_type="image/png"):
+        real_put(key, data, content_type)
+        # Cut every other connection, the inserting one included: its commit must fail now.
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                          " WHERE pid <> pg_backend_pid() AND datname = current_database()")
+
+    monkeypatch.setattr(storage, "put", put_then_lose_the_database)
+    report = ingest(sources(files[:2]), db=db, storage=storage, embedder=embedder)
+    assert report.rejected[0].reason.startswith("Lost the connection to the database")
+    assert storage.list_keys(REFERENCE_PREFIX) == []
+    monkeypatch.setattr(storage, "put", real_put)
+    # The pool replaces the dead connections: the same batch now goes through without a restart.
+    assert db.count() == 0
+    assert len(ingest(sources(files[:2]), db=db, storage=storage, embedder=embedder).ingested) == 2
+    assert_consistent(db, storage)
+
+
+def test_folders_and_zip_archives(tmp_path, db, storage, embedder, files):
+    folder = tmp_path / "refs" / "nested"
+    folder.mkdir(parents=True)
+    (folder / files[0][0]).write_bytes(files[0][1])
+    (folder / "notes.txt").write_text("not an image")
+    archive = tmp_path / "batch.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr(f"deep/dir/{files[1][0]}", files[1][1])
+        z.writestr("../evil.png", files[2][1])
+        z.writestr("/abs.png", files[2][1])
+        z.writestr("readme.md", "hello")
+    report = ingest_paths([tmp_path / "refs", archive, tmp_path / "missing.png"], db=db, storage=storage, embedder=embedder)
+    by_status = {s: sorted(i.file for i in report.of(s)) for s in ("ingested", "rejected")}
+    assert len(by_status["ingested"]) == 2
+    unsafe = [i for i in report.rejected if "evil" in i.file or "abs.png" in i.file]
+    assert len(unsafe) == 2 and all("path" in i.reason for i in unsafe)
+    assert any("missing.png" in i.file and "does not exist" in i.reason for i in report.rejected)
+    assert db.get(report.ingested[-1].id)["source_filename"] == files[1][0]
+
+
+def test_delete_removes_row_vector_and_object(db, storage, embedder, files):
+    report = ingest(sources(files[:2]), db=db, storage=storage, embedder=embedder)
+    delete_reference(db, storage, report.ingested[0].id)
+    assert db.count() == 1
+    assert_consistent(db, storage)
+
+
+def test_orphans_are_found_and_swept(db, storage, embedder, files):
+    ingest(sources(files[:1]), db=db, storage=storage, embedder=embedder)
+    storage.put(REFERENCE_PREFIX + "f" * 64 + ".png", b"left behind by a killed process")
+    assert find_orphans(db, storage, grace_s=3600) == []  # young: may belong to an ingestion in flight
+    assert remove_orphans(db, storage, grace_s=0) == [REFERENCE_PREFIX + "f" * 64 + ".png"]
+    assert_consistent(db, storage)
+
+
+def test_reembed_adds_vectors_for_another_model(db, storage, embedder, files):
+    ingest(sources(files[:3]), db=db, storage=storage, embedder=embedder)
+    from dataclasses import replace
+
+    other = replace(embedder, model_id="ViT-B-32/other")
+    assert reembed(db, storage, other) == 3
+    assert reembed(db, storage, other) == 0
+    assert db.stats()["models"] == {"ViT-B-32/untrained": 3, "ViT-B-32/other": 3}
+
+
+def test_vote_weights_and_order():
+    n = lambda m, mod, s: Neighbour(0, m, mod, 4.0, s, "f", "k", "upload")  # noqa: E731
+    manufacturers, models = vote([n("A", "X", 0.95), n("A", "Y", 0.90), n("B", "Z", 0.70)])
+    assert manufacturers[0].label == "A" and manufacturers[0].probability > 0.99
+    assert sum(s.probability for s in models) == pytest.approx(1.0)
+    assert [s.label for s in models][:2] == ["A X", "A Y"]
