@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,11 +23,14 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def pg_url(tmp_path_factory) -> str:
-    """One embedded PostgreSQL 16 + pgvector for the whole run, in a throw-away directory."""
+def pg_url() -> str:
+    """One embedded PostgreSQL 16 + pgvector for the whole run, in a throw-away directory.
+
+    Not under pytest's tmp dir: that one is private to root, and pgserver runs postgres as its own user.
+    """
     import pgserver
 
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    server = pgserver.get_server(tempfile.mkdtemp(prefix="raiox-test-pg-"), cleanup_mode="delete")
     yield server.get_uri()
     server.cleanup()
 
