@@ -64,6 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("reembed", help="compute a model's vectors for every reference that lacks them")
     s.add_argument("--model")
     s.add_argument("--pretrained")
+
+    s = sub.add_parser("backup", help="write references, vectors and images to one archive file")
+    s.add_argument("path", metavar="PATH")
+
+    s = sub.add_parser("restore", help="load an archive written by `raiox backup` (existing references are kept)")
+    s.add_argument("path", metavar="PATH")
+
+    s = sub.add_parser("bench", help="measure ingestion, matching, search, encoder, explorer and memory here")
+    s.add_argument("--quick", action="store_true", help="small sizes: checks that every figure is produced")
+    s.add_argument("--json", metavar="PATH", help="also write the JSON report to PATH")
     return p
 
 
@@ -247,6 +257,28 @@ def cmd_reembed(args, s: Session) -> int:
     return EXIT_OK
 
 
+def cmd_backup(args, s: Session) -> int:
+    from .backup import backup
+
+    summary = backup(s.db, s.storage, Path(args.path), progress=_progress)
+    print(f"Backed up {summary['references']} references, {summary['vectors']} vectors and their images to {args.path}")
+    return EXIT_OK
+
+
+def cmd_restore(args, s: Session) -> int:
+    from .backup import restore
+
+    summary = restore(s.db, s.storage, Path(args.path), progress=_progress)
+    print(f"Restored {summary['restored']} references ({summary['skipped']} already present) from {args.path}")
+    return EXIT_OK
+
+
+def cmd_bench(args, s: Session) -> int:
+    from bench.run import run_bench  # the benchmark suite lives beside the package, under bench/
+
+    return run_bench(s.settings, quick=args.quick, json_path=args.json)
+
+
 def seed_demo(s: Session) -> int:
     """Ingest the synthetic set when the database has no references; returns how many were added."""
     from .ingest import Source, ingest
@@ -282,6 +314,7 @@ def cmd_app(args, s: Session) -> int:
 COMMANDS = {
     "demo": cmd_demo, "app": cmd_app, "ingest": cmd_ingest, "match": cmd_match, "list": cmd_list,
     "stats": cmd_stats, "delete": cmd_delete, "doctor": cmd_doctor, "reembed": cmd_reembed,
+    "backup": cmd_backup, "restore": cmd_restore, "bench": cmd_bench,
 }
 
 
