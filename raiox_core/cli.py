@@ -292,7 +292,22 @@ def seed_demo(s: Session) -> int:
     return len(report.ingested)
 
 
+def _demo_embedder(s: Session) -> None:
+    """A demo must start anywhere: without reachable weights it runs, loudly, on untrained ones."""
+    from .errors import ModelLoadError
+
+    try:
+        s.embedder
+    except ModelLoadError as exc:
+        _err(f"{exc}")
+        _err("warning: this demo falls back to UNTRAINED weights; matches are not meaningful.")
+        s.settings = s.settings.with_(pretrained="none")
+        os.environ["RAIOX_PRETRAINED"] = "none"  # the dashboard started below inherits it
+        s.embedder
+
+
 def cmd_demo(args, s: Session) -> int:
+    _demo_embedder(s)
     added = seed_demo(s)
     stats = s.db.stats()
     print(f"Seeded {added} synthetic references; the database holds {stats['references']} over "

@@ -23,6 +23,12 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
+def port_factory():
+    """free_port, for fixtures of any scope that start a server."""
+    return free_port
+
+
+@pytest.fixture(scope="session")
 def pg_url() -> str:
     """One embedded PostgreSQL 16 + pgvector for the whole run, in a throw-away directory.
 

@@ -120,13 +120,17 @@ def test_unreachable_database_is_one_line_without_password(run):
     assert "Cannot reach the database" in proc.stderr and "hunter2secret" not in proc.stderr
 
 
-def test_demo_seeds_the_embedded_database(tmp_path):
+def test_demo_seeds_the_embedded_database_even_without_weights(tmp_path):
+    """As a new user on a machine without the default weights: it falls back to untrained ones, loudly."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAIOX_")}
-    env.update(RAIOX_DATA_DIR=str(tmp_path / "fresh"), RAIOX_PRETRAINED="none", HF_HUB_OFFLINE="1")
+    env.update(RAIOX_DATA_DIR=str(tmp_path / "fresh"), HF_HUB_OFFLINE="1")
     cmd = [sys.executable, "-m", "raiox_core.cli"]
     proc = subprocess.run(cmd + ["demo", "--no-app"], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
+    assert "not cached" in proc.stderr and "UNTRAINED" in proc.stderr and "Traceback" not in proc.stderr
+    env["RAIOX_PRETRAINED"] = "none"
     stats = json.loads(subprocess.run(cmd + ["stats", "--json"], capture_output=True, text=True, env=env).stdout)
     assert stats["references"] >= 40 and len(stats["by_manufacturer"]) >= 4
+    assert stats["models"] == {"ViT-B-32/untrained": stats["references"]}
     again = subprocess.run(cmd + ["demo", "--no-app"], capture_output=True, text=True, env=env, timeout=600)
     assert "Seeded 0 synthetic references" in again.stdout

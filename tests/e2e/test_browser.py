@@ -1,0 +1,108 @@
+"""End to end in a real Chromium: `raiox app` on a free port over a seeded embedded database."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from raiox_core.synthetic import demo_files
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+PAGES = ["match", "references", "explorer", "ingest"]
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+
+
+def chromium_path() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("RAIOX_REQUIRE_BROWSER"):
+            pytest.fail("Chromium is required here (RAIOX_REQUIRE_BROWSER is set) but is not on the PATH.")
+        pytest.skip("Chromium is not installed (apt-get install -y chromium).")
+    return path
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory, port_factory):
+    data = tmp_path_factory.mktemp("e2e")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAIOX_")}
+    env.update(RAIOX_DATA_DIR=str(data / "data"), RAIOX_PRETRAINED="none", RAIOX_DEVICE="cpu", HF_HUB_OFFLINE="1",
+               RAIOX_STAFF_PASSWORD="e2e staff password")
+    cli = [sys.executable, "-m", "raiox_core.cli"]
+    seeded = subprocess.run(cli + ["demo", "--no-app"], env=env, capture_output=True, text=True, timeout=600)
+    assert seeded.returncode == 0, seeded.stderr
+    port = port_factory()
+    log = open(data / "app.log", "w")
+    proc = subprocess.Popen(cli + ["app", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("The dashboard did not start: " + (data / "app.log").read_text()[-2000:])
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    path = chromium_path()
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def wait_idle(page, timeout_ms=180_000):
+    """Streamlit shows a running indicator while the script runs; wait until the page settles."""
+    page.wait_for_selector("[data-testid='stApp']", timeout=timeout_ms)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms
+    )
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_every_page_renders_without_exception(browser, app_url, name):
+    page = browser.new_page()
+    page.goto(f"{app_url}/{name}")
+    wait_idle(page)
+    page.wait_for_selector("[data-testid='stSidebar']", timeout=60_000)
+    assert page.locator("[data-testid='stException']").count() == 0
+    body = page.inner_text("body")
+    assert "Decision support, not a diagnosis" in body
+    assert "Untrained model weights" in body
+    page.close()
+
+
+def test_upload_on_match_shows_result_cards(browser, app_url, tmp_path):
+    name, data = demo_files(per_diameter=1)[3]
+    xray = tmp_path / "query.png"
+    xray.write_bytes(data)
+    page = browser.new_page()
+    page.goto(f"{app_url}/match")
+    wait_idle(page)
+    page.locator("input[type='file']").first.set_input_files(str(xray))
+    page.get_by_text(name).first.wait_for(timeout=180_000)  # the exact copy is the first result card
+    wait_idle(page)
+    assert page.locator("[data-testid='stException']").count() == 0
+    assert "%" in page.inner_text("body")
+    page.screenshot(path=str(tmp_path / "match.png"), full_page=True)
+    page.close()
