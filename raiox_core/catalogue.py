@@ -11,7 +11,7 @@ from PIL import Image
 
 from .db import Database
 from .embedder import Embedder
-from .errors import StorageError
+from .errors import NamingError, StorageError
 from .naming import canonical_manufacturer, check_diameter
 from .storage import REFERENCE_PREFIX, Storage
 
@@ -21,6 +21,8 @@ ORPHAN_GRACE_S = 600.0  # an unreferenced object younger than this may belong to
 
 def relabel(db: Database, reference_id: int, manufacturer: str, model: str, diameter_mm: float) -> None:
     """Correct a reference's labels, canonicalised as ingestion would."""
+    if not manufacturer.strip() or not model.strip():
+        raise NamingError("The manufacturer and the model must not be empty.")
     db.update_labels(reference_id, canonical_manufacturer(manufacturer), model.strip().upper(), check_diameter(diameter_mm))
 
 
@@ -44,11 +46,11 @@ def find_orphans(db: Database, storage: Storage, grace_s: float = ORPHAN_GRACE_S
 
 
 def remove_orphans(db: Database, storage: Storage, grace_s: float = ORPHAN_GRACE_S) -> list[str]:
-    """Delete what find_orphans finds; returns the keys removed."""
+    """Delete what find_orphans finds, and half-written files of killed processes; returns what was removed."""
     orphans = find_orphans(db, storage, grace_s)
     for key in orphans:
         storage.delete(key)
-    return orphans
+    return orphans + storage.remove_stale_temporary(grace_s)
 
 
 def reembed(db: Database, storage: Storage, embedder: Embedder, batch_size: int = 16,

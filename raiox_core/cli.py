@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("ids", nargs="+", type=int, metavar="ID")
 
     s = sub.add_parser("doctor", help="check the database, storage and model")
-    s.add_argument("--repair", action="store_true", help="also remove stored images that no reference points to")
+    s.add_argument("--repair", action="store_true", help="also remove stored images that no reference points to "
+                   "(older than 10 minutes: younger ones may belong to an ingestion in progress)")
 
     s = sub.add_parser("reembed", help="compute a model's vectors for every reference that lacks them")
     s.add_argument("--model")
@@ -241,7 +242,8 @@ def cmd_doctor(args, s: Session) -> int:
         check("vectors", lambda: ", ".join(f"{m}: {n}" for m, n in s.db.stats()["models"].items()) or "none yet")
         if checks[1][1]:
             action = remove_orphans if args.repair else find_orphans
-            check("orphans", lambda: f"{len(action(s.db, s.storage, 0 if args.repair else 600))} "
+            # Never grace 0: an image stored but not yet committed by a running ingestion looks like an orphan.
+            check("orphans", lambda: f"{len(action(s.db, s.storage))} "
                                      + ("removed" if args.repair else "stored images without a reference"))
     for name, ok, detail in checks:
         print(f"{'ok  ' if ok else 'FAIL'} {name:<8} {detail}")
@@ -320,9 +322,15 @@ def cmd_demo(args, s: Session) -> int:
 
 
 def cmd_app(args, s: Session) -> int:
+    # Streamlit reads .streamlit/config.toml from its working directory: start it in the repository root,
+    # with a data dir that still means the same place, and the upload limit tied to the core's.
+    if os.environ.get("RAIOX_DATA_DIR"):
+        os.environ["RAIOX_DATA_DIR"] = str(Path(os.environ["RAIOX_DATA_DIR"]).expanduser().resolve())
     command = [sys.executable, "-m", "streamlit", "run", str(APP_ENTRYPOINT), "--server.port", str(args.port),
-               "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+               "--server.headless", "true", "--browser.gatherUsageStats", "false",
+               "--server.maxUploadSize", str(max(1, round(s.settings.max_upload_mb)))]
     print(f"Raiox dashboard on http://localhost:{args.port}", flush=True)
+    os.chdir(APP_ENTRYPOINT.parent.parent)
     os.execv(sys.executable, command)  # replaces this process: Ctrl-C and signals reach streamlit directly
 
 

@@ -29,7 +29,7 @@ class Settings:
     """Everything configurable; see the README's Configuration table for each variable."""
 
     data_dir: Path = field(default_factory=default_data_dir)
-    database_url: str | None = None  # None: embedded PostgreSQL (pgserver) under data_dir/pg
+    database_url: str | None = field(default=None, repr=False)  # may hold a password; None: embedded pgserver
     storage_url: str | None = None  # None: file:// under data_dir/objects
     s3_endpoint_url: str | None = None
     model: str = DEFAULT_MODEL

@@ -10,24 +10,29 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
-from urllib.parse import urlsplit
 
 import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from .errors import DatabaseUnavailable, NotFound
+from .errors import ConfigError, DatabaseUnavailable, NotFound
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 _MIGRATION_LOCK = 0x5241494F  # "RAIO": serialises migrations and index creation across processes
 # Below this many candidate rows a filtered search scans exactly: pgvector 0.6 has no iterative index
 # scans, so an HNSW scan followed by a selective WHERE could return fewer than k rows.
 EXACT_SEARCH_MAX_ROWS = 20_000
-HNSW_M, HNSW_EF_CONSTRUCTION, DEFAULT_EF_SEARCH = 16, 64, 40
+# ef_search 100: recall@10 0.98 against 0.96 at 40 on 100k clustered vectors, for ~1.5 ms more per search
+# (bench/results/); a match spends ~100 ms in the encoder, so the extra recall is nearly free.
+HNSW_M, HNSW_EF_CONSTRUCTION, DEFAULT_EF_SEARCH = 16, 64, 100
+# A filtered HNSW scan keeps about ef_search * (candidates / rows) rows: with more than EXACT_SEARCH_MAX_ROWS
+# candidates that is >= 10 up to ~800k vectors per model (bench/README.md: beyond, search exactly or upgrade).
+FILTERED_EF_SEARCH = 400
 
 
 class DuplicateReference(Exception):
@@ -56,13 +61,17 @@ class Filters:
 
 
 def redact_url(url: str) -> str:
-    """A database URL safe to show: no password, no query string (it may carry one too)."""
-    parts = urlsplit(url)
-    host = parts.hostname or "localhost"
-    if parts.port:
-        host += f":{parts.port}"
-    user = f"{parts.username}@" if parts.username else ""
-    return f"{parts.scheme}://{user}{host}{parts.path}"
+    """A database URL (or key=value DSN) safe to show: user, host, port and database, never a password.
+
+    Parsed by libpq's own rules, so a password in a DSN, a query string or a malformed URL is never echoed.
+    """
+    try:
+        info = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "an unreadable RAIOX_DATABASE_URL"
+    user = f"{info['user']}@" if info.get("user") else ""
+    port = f":{info['port']}" if info.get("port") else ""
+    return f"postgresql://{user}{info.get('host') or 'localhost'}{port}/{info.get('dbname', '')}"
 
 
 @lru_cache(maxsize=1)
@@ -123,7 +132,10 @@ class Database:
             timeout=timeout_s,
             kwargs={"connect_timeout": max(1, int(timeout_s)), "autocommit": False},
             configure=_configure,
-            check=ConnectionPool.check_connection,  # drops dead connections so we recover after an outage
+            check=self._check_connection,  # drops dead connections so we recover after an outage
+            # The pool's background reconnection backs off exponentially (up to minutes after a long outage);
+            # giving it up after one timeout lets the next request try at once, so recovery follows the server.
+            reconnect_timeout=timeout_s,
             open=False,
             name="raiox",
         )
@@ -131,6 +143,17 @@ class Database:
 
     def close(self) -> None:
         self.pool.close()
+
+    def _check_connection(self, conn: psycopg.Connection) -> None:
+        """Test a connection before lending it; the first dead one has every idle connection tested."""
+        try:
+            ConnectionPool.check_connection(conn)
+        except Exception:
+            # One dead connection usually means all of them (a restart, a failover, terminated backends).
+            # Replace the idle ones at once: met one by one, each costs a growing back-off delay, and a warm
+            # pool of 8 would make requests time out for a while after the server is back.
+            self.pool.check()
+            raise
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
@@ -140,7 +163,7 @@ class Database:
                 with conn.transaction():
                     yield conn
         except PoolTimeout:
-            raise DatabaseUnavailable(f"Cannot reach the database at {self.description}; is it running?") from None
+            raise DatabaseUnavailable(f"Cannot reach the database at {self.description}; check that it is running and reachable.") from None
         except psycopg.OperationalError as exc:
             if isinstance(exc, psycopg.errors.QueryCanceled):
                 raise DatabaseUnavailable("The database took too long to answer; try again.") from None
@@ -180,20 +203,25 @@ class Database:
         return {r["sha256"]: r["id"] for r in self.query("existing-shas", {"shas": list(shas)})}
 
     @contextmanager
-    def inserting(self, reference: dict, vector: np.ndarray, model_id: str) -> Iterator[int]:
+    def inserting(self, reference: dict, vector: np.ndarray, model_id: str,
+                  more_vectors: dict[str, np.ndarray] | None = None) -> Iterator[int]:
         """Insert a reference and its vector, yield its id, commit when the caller's block succeeds.
 
         The caller stores the image inside the block, so a storage failure rolls the row back, and a
         concurrent insert of the same image waits on the unique hash and then raises DuplicateReference.
+        `more_vectors` (model_id -> vector, used by restore) go into the same transaction.
         """
-        self.ensure_model_index(model_id, len(vector))
+        vectors = {model_id: vector, **(more_vectors or {})}
+        for mid, v in vectors.items():
+            self.ensure_model_index(mid, len(v))
         try:
             with self.connection() as conn:
                 (ref_id,) = conn.execute(named_queries()["insert-reference"], reference).fetchone()
-                conn.execute(
-                    named_queries()["upsert-embedding"],
-                    {"reference_id": ref_id, "model_id": model_id, "dim": len(vector), "embedding": vector},
-                )
+                for mid, v in vectors.items():
+                    conn.execute(
+                        named_queries()["upsert-embedding"],
+                        {"reference_id": ref_id, "model_id": mid, "dim": len(v), "embedding": v},
+                    )
                 yield ref_id
         except psycopg.errors.UniqueViolation:
             found = self.existing([reference["sha256"]])
@@ -251,13 +279,34 @@ class Database:
         return self.query("missing-embeddings", {"model_id": model_id})
 
     def embeddings(self, model_id: str) -> list[dict]:
-        """Every reference with its vector for one model (for the explorer and evaluation)."""
-        return self.query("embeddings-for-model", {"model_id": model_id})
+        """Every reference with its vector for one model (for the explorer and evaluation).
+
+        Fetched in binary: each vector arrives as raw float32 instead of 512 numbers in text parsed one by
+        one, several times faster for the explorer's 10k-100k rows (see bench/README.md).
+        """
+        with self.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row, binary=True)
+            cur.adapters.register_loader("float4", _Float4AsText)
+            cur.execute(named_queries()["embeddings-for-model"], {"model_id": model_id})
+            return cur.fetchall()
+
+    def vector(self, reference_id: int, model_id: str) -> np.ndarray | None:
+        """One reference's stored vector for a model; None when it has none (not embedded by that model)."""
+        rows = self.query("reference-vector", {"id": reference_id, "model_id": model_id})
+        if not rows:
+            return None
+        value = rows[0]["embedding"]  # a pgvector Vector: the column has no fixed dimension
+        return np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value, dtype=np.float32)
 
     # -- search -------------------------------------------------------------------------------------
 
-    def search(self, vector: np.ndarray, model_id: str, k: int = 3, filters: Filters = Filters()) -> list[dict]:
-        """The k nearest references by cosine similarity among one model's vectors."""
+    def search(self, vector: np.ndarray, model_id: str, k: int = 3, filters: Filters = Filters(), *,
+               ef_search: int | None = None, exact: bool = False) -> list[dict]:
+        """The k nearest references by cosine similarity among one model's vectors.
+
+        `ef_search` overrides the HNSW candidate list size (recall against speed; the benchmark measures
+        it); `exact` forces a full scan (ground truth for recall, and evaluation).
+        """
         dim = len(vector)
         active = filters.active()
         where = [sql.SQL("e.model_id = {}").format(sql.Literal(model_id))]
@@ -269,14 +318,13 @@ class Database:
             " WHERE {where} ORDER BY e.embedding::vector({dim}) <=> %(q)s::vector({dim}) LIMIT %(k)s"
         ).format(dim=sql.Literal(dim), where=sql.SQL(" AND ").join(where))
         params = {**active, "q": np.asarray(vector, dtype=np.float32), "k": k}
-        exact = bool(active) and self.count(filters) <= EXACT_SEARCH_MAX_ROWS
+        exact = exact or bool(active) and self.count(filters) <= EXACT_SEARCH_MAX_ROWS
         with self.connection() as conn:
             if exact:
                 conn.execute("SET LOCAL enable_indexscan = off")
-            elif active:
-                conn.execute("SET LOCAL hnsw.ef_search = 400")
             else:
-                conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(max(DEFAULT_EF_SEARCH, k))))
+                ef = ef_search or (FILTERED_EF_SEARCH if active else DEFAULT_EF_SEARCH)
+                conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(max(ef, k))))
             cur = conn.cursor(row_factory=dict_row)
             cur.execute(query, params)
             return cur.fetchall()
@@ -309,6 +357,15 @@ class Database:
         return row[0] if row else "not installed"
 
 
+class _Float4AsText(psycopg.adapt.Loader):
+    """Binary real -> the float its text form gives (4.1, not 4.099999904632568), as a text fetch would."""
+
+    format = psycopg.pq.Format.BINARY
+
+    def load(self, data) -> float:
+        return float(str(np.frombuffer(bytes(data), dtype=">f4")[0]))  # numpy prints the shortest round-trip form
+
+
 _FILTER_SQL = {
     "manufacturer": "r.manufacturer = %(manufacturer)s",
     "model": "r.model = %(model)s",
@@ -334,6 +391,11 @@ def open_database(settings) -> Database:
     """Connect (starting the embedded server when no URL is set) and bring the schema up to date."""
     if settings.database_url:
         url, server = settings.database_url, None
+        try:
+            conninfo_to_dict(url)
+        except psycopg.ProgrammingError:  # psycopg's message quotes the URL, password included: never shown
+            raise ConfigError("RAIOX_DATABASE_URL is not a valid PostgreSQL URL; use "
+                              "postgresql://user:password@host:port/database.") from None
         description = redact_url(url)
     else:
         server = start_embedded(settings.data_dir)
@@ -342,6 +404,9 @@ def open_database(settings) -> Database:
     try:
         migrate(url, settings.db_timeout_s)
     except psycopg.OperationalError:
-        raise DatabaseUnavailable(f"Cannot reach the database at {description}; is it running?") from None
+        raise DatabaseUnavailable(f"Cannot reach the database at {description}; check that it is running and reachable.") from None
+    except psycopg.Error as exc:  # e.g. no pgvector on the server, or no right to create tables
+        reason = (exc.diag.message_primary or type(exc).__name__).rstrip(".")
+        raise DatabaseUnavailable(f"The database at {description} refused to set up Raiox's tables ({reason}).") from None
     return Database(url, description=description, max_size=settings.pool_max_size, timeout_s=settings.db_timeout_s,
                     server=server)

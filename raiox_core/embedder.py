@@ -35,7 +35,11 @@ class Embedder:
     trained: bool
 
     def to_tensor(self, images: Sequence[Image.Image]):
-        """Resize to the model's input and normalise; grayscale goes to all three channels."""
+        """Resize to the model's input and normalise; grayscale goes to all three channels.
+
+        Pure numpy/PIL work that releases the GIL for most of its time: ingestion runs it in a worker
+        thread for the next batch while the model encodes the current one.
+        """
         import torch
 
         side = self.image_size
@@ -44,17 +48,26 @@ class Embedder:
         batch = (batch - self.mean[None, :, None, None]) / self.std[None, :, None, None]  # (n, 3, h, w)
         return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
 
-    def encode(self, images: Sequence[Image.Image], batch_size: int = 16) -> np.ndarray:
-        """(n, dim) float32 unit vectors, one per image."""
+    def encode_tensor(self, pixels, batch_size: int = 16) -> np.ndarray:
+        """(n, dim) float32 unit vectors of an already preprocessed (n, 3, side, side) tensor (see to_tensor)."""
         import torch
 
-        out = np.empty((len(images), self.dim), dtype=np.float32)
+        out = np.empty((len(pixels), self.dim), dtype=np.float32)
         with torch.inference_mode():
-            for start in range(0, len(images), batch_size):
-                chunk = self.to_tensor(images[start : start + batch_size])
-                features = self.model.encode_image(chunk).float()
+            for start in range(0, len(pixels), batch_size):
+                features = self.model.encode_image(pixels[start : start + batch_size]).float()
                 features = torch.nn.functional.normalize(features, dim=-1)
-                out[start : start + len(chunk)] = features.cpu().numpy()
+                out[start : start + len(features)] = features.cpu().numpy()
+        return out
+
+    def encode(self, images: Sequence[Image.Image], batch_size: int = 16) -> np.ndarray:
+        """(n, dim) float32 unit vectors, one per image."""
+        if not len(images):
+            return np.empty((0, self.dim), dtype=np.float32)
+        out = np.empty((len(images), self.dim), dtype=np.float32)
+        for start in range(0, len(images), batch_size):  # preprocess per chunk: memory stays bounded
+            chunk = images[start : start + batch_size]
+            out[start : start + len(chunk)] = self.encode_tensor(self.to_tensor(chunk), batch_size)
         return out
 
     def encode_one(self, image: Image.Image) -> np.ndarray:
@@ -122,6 +135,41 @@ def _check_weights_available(model: str, tag: str) -> None:
         )
 
 
+# Kept when the text tower is dropped: the image tower and the (tiny) similarity scale.
+_IMAGE_SIDE = ("visual", "logit_scale", "logit_bias")
+
+
+def _drop_text_tower(clip) -> None:
+    """Free the text tower (about 250 MB of ViT-B-32's 600 MB): Raiox only ever embeds images.
+
+    What stays is the image tower, so `state_dict()` is an image-only checkpoint that load_embedder
+    accepts as a weights file too.
+    """
+    for name in list(clip._modules):
+        if name not in _IMAGE_SIDE:
+            setattr(clip, name, None)
+    for table in (clip._parameters, clip._buffers):
+        for name in list(table):
+            if name not in _IMAGE_SIDE:
+                table[name] = None
+
+
+def _load_image_checkpoint(clip, path: Path) -> None:
+    """open_clip's checkpoint loader (format conversions included), strict about the image tower only.
+
+    A full CLIP checkpoint and an image-only one (saved from a loaded Embedder's model) both load;
+    any missing image-tower weight or unknown key is still an error.
+    """
+    import open_clip
+
+    incompatible = open_clip.load_checkpoint(clip, str(path), strict=False)
+    missing = [k for k in incompatible.missing_keys if k.startswith("visual.")]
+    if missing or incompatible.unexpected_keys:
+        keys = (missing or incompatible.unexpected_keys)[:3]
+        raise RuntimeError(f"the checkpoint does not fit the model ({'missing' if missing else 'unexpected'} keys "
+                           f"{', '.join(keys)})")
+
+
 def load_embedder(model: str = "ViT-B-32", pretrained: str = "laion2b_s34b_b79k", device: str = "auto") -> Embedder:
     """Create the OpenCLIP model once; the caller caches it (the app with st.cache_resource)."""
     import open_clip
@@ -136,14 +184,18 @@ def load_embedder(model: str = "ViT-B-32", pretrained: str = "laion2b_s34b_b79k"
         if os.sep in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors", ".pth")):
             raise ModelLoadError(f"The checkpoint file {pretrained} does not exist.")
         _check_weights_available(model, pretrained)
+    from_file = trained and path.is_file()
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(UNTRAINED_SEED)
-            weights = (str(path) if path.is_file() else pretrained) if trained else None
-            clip = open_clip.create_model(model, pretrained=weights, device=device)
+            clip = open_clip.create_model(model, pretrained=pretrained if trained and not from_file else None,
+                                          device=device)
+        if from_file:
+            _load_image_checkpoint(clip, path)
     except (RuntimeError, OSError, ValueError, KeyError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelLoadError(f"Could not load {model} weights from {pretrained}: {first}") from None
+    _drop_text_tower(clip)
     clip.eval()
     visual = clip.visual
     size = visual.image_size if isinstance(visual.image_size, int) else visual.image_size[0]

@@ -6,12 +6,16 @@ the image is stored, and an image stored for a transaction that then fails is re
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import zipfile
+import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable
+from typing import BinaryIO, Callable, Iterable
 
 from .db import Database, DuplicateReference
 from .embedder import Embedder
@@ -109,24 +113,29 @@ def _file_source(path: Path, name: str, labels: LabelOverride) -> Source:
     return Source(name, read, labels)
 
 
-def _zip_sources(path: Path, labels: LabelOverride) -> tuple[list[Source], list[FileReport]]:
+def _zip_sources(file: Path | BinaryIO, archive_name: str, labels: LabelOverride) -> tuple[list[Source], list[FileReport]]:
+    """Members of a zip archive (a path or a seekable file object) as sources; unsafe entries are refused."""
     sources, refused = [], []
     try:
-        archive = zipfile.ZipFile(path)
+        archive = zipfile.ZipFile(file)
     except (zipfile.BadZipFile, OSError):
-        return [], [FileReport(path.name, "rejected", reason=f"{path.name} is not a readable zip archive.")]
+        return [], [FileReport(archive_name, "rejected", reason=f"{archive_name} is not a readable zip archive.")]
     for info in archive.infolist():
         if info.is_dir():
             continue
         member = PurePosixPath(info.filename.replace("\\", "/"))
-        shown = f"{path.name}:{info.filename}"
+        shown = f"{archive_name}:{info.filename}"
         if member.is_absolute() or ".." in member.parts or info.filename.startswith(("/", "\\")) or ":" in member.parts[0]:
             refused.append(FileReport(shown, "rejected", reason="The archive entry has an absolute or '..' path and was not extracted."))
             continue
 
         def read(limit: int, info=info) -> bytes:
-            with archive.open(info) as f:  # read at most limit+1 bytes: a zip bomb cannot fill memory
-                return f.read(limit + 1)
+            try:
+                with archive.open(info) as f:  # read at most limit+1 bytes: a zip bomb cannot fill memory
+                    return f.read(limit + 1)
+            except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError):
+                # Corrupt, encrypted (RuntimeError) or unsupported compression: a refusal, not a crash.
+                raise ImageRejected("The archive entry is corrupt, encrypted or compressed in a way we cannot read.") from None
 
         sources.append(Source(shown, read, labels, filename=member.name))
     return sources, refused
@@ -156,8 +165,17 @@ def collect_sources(paths: Iterable[str | os.PathLike], labels: LabelOverride | 
 
 def _expand_file(path: Path, name: str, labels: LabelOverride) -> tuple[list[Source], list[FileReport]]:
     if path.suffix.lower() == ".zip":
-        return _zip_sources(path, labels)
+        return _zip_sources(path, path.name, labels)
     return [_file_source(path, name, labels)], []
+
+
+def sources_from_upload(name: str, data: bytes, labels: LabelOverride | None = None) -> tuple[list[Source], list[FileReport]]:
+    """An uploaded file as sources: a .zip is expanded in memory under the same rules as on disk."""
+    labels = labels or LabelOverride()
+    name = PurePosixPath(name.replace("\\", "/")).name or "upload"  # browsers send a bare name; never trust a path
+    if name.lower().endswith(".zip"):
+        return _zip_sources(io.BytesIO(data), name, labels)
+    return [Source.from_bytes(name, data, labels)], []
 
 
 # -- the pipeline ---------------------------------------------------------------------------------
@@ -210,6 +228,70 @@ def _store_one(candidate: _Candidate, vector, *, db: Database, storage: Storage,
         raise
 
 
+@dataclass
+class _Batch:
+    """One batch on its way through the pipeline: what was read, and what still needs embedding."""
+
+    sources: list[Source]
+    entries: list[FileReport]  # one per source, in order; filled in as the batch moves along
+    new: list[_Candidate]  # first copies not yet in the database, in order
+    copies: list[tuple[FileReport, FileReport]]  # later copies (this run) and the first copy's report
+    pixels: object = None  # the model's input tensor for `new`
+
+
+def _read_batch(batch: list[Source], firsts: dict[str, FileReport], *, db: Database, embedder: Embedder,
+                limits: ImageLimits) -> _Batch:
+    """Decode, normalise and dedupe one batch, and make the model's input for its new images.
+
+    Runs in the reader thread, one batch at a time and in order, so `firsts` (sha -> report of the first
+    copy in this run; reports only, so images are freed once written) needs no lock. A copy of an image
+    from an earlier batch is resolved once that batch is stored.
+    """
+    prepared = [_prepare(s, limits) for s in batch]
+    candidates = [p for p in prepared if isinstance(p, _Candidate)]
+    known = db.existing([c.image.sha256 for c in candidates]) if candidates else {}
+    out = _Batch(batch, [], [], [])
+    for item in prepared:
+        if isinstance(item, FileReport):
+            out.entries.append(item)
+            continue
+        out.entries.append(item.report)
+        sha = item.image.sha256
+        if sha in known:
+            item.report.status, item.report.id = "duplicate", known[sha]
+        elif sha in firsts:
+            item.report.status = "duplicate"  # its id is filled in once the first copy is stored
+            out.copies.append((item.report, firsts[sha]))
+        else:
+            firsts[sha] = item.report
+            out.new.append(item)
+    if out.new:
+        out.pixels = embedder.to_tensor([c.image.image for c in out.new])
+    return out
+
+
+def _write_batch(batch: _Batch, vectors, *, db: Database, storage: Storage, model_id: str, source: str) -> str | None:
+    """Store and insert the new images of one batch, each all or nothing; returns a failure that stops the run.
+
+    Runs in the writer thread, one batch at a time and in order.
+    """
+    failure: str | None = None
+    for candidate, vector in zip(batch.new, vectors):
+        if failure:
+            candidate.report.status, candidate.report.reason = "rejected", failure
+            continue
+        try:
+            _store_one(candidate, vector, db=db, storage=storage, model_id=model_id, source=source)
+        except (StorageError, DatabaseUnavailable) as exc:
+            candidate.report.status, candidate.report.reason = "rejected", str(exc)
+            # The store or the database is down: stop rather than fail every remaining file slowly.
+            failure = f"Not attempted after an earlier failure: {exc}"
+    for entry, first in batch.copies:  # the first copy is stored by now (same or earlier batch)
+        entry.id, entry.reason = first.id, first.reason
+        entry.status = "rejected" if first.status == "rejected" else "duplicate"
+    return failure
+
+
 def ingest(
     sources: list[Source],
     *,
@@ -221,57 +303,56 @@ def ingest(
     batch_size: int = 16,
     progress: Progress | None = None,
 ) -> IngestReport:
-    """Validate, dedupe, embed, store and insert each source; running it again changes nothing."""
+    """Validate, dedupe, embed, store and insert each source; running it again changes nothing.
+
+    A three-stage pipeline over batches: a reader thread decodes and preprocesses batch i+1 while this
+    thread runs the model on batch i (torch releases the GIL) and a writer thread stores batch i-1. On a
+    2-core machine that keeps both cores on the model instead of idling through PNG decoding, fsyncs
+    and commits. Each image is still all or nothing (see _store_one), batches are written in order, and
+    `progress` is only ever called from the calling thread (Streamlit needs that).
+    """
     report = IngestReport()
     total = len(sources)
+    batches = [sources[start : start + batch_size] for start in range(0, total, batch_size)]
+    firsts: dict[str, FileReport] = {}
     done = 0
-    for start in range(0, total, batch_size):
-        batch = sources[start : start + batch_size]
-        prepared = [_prepare(s, limits) for s in batch]
-        candidates = [p for p in prepared if isinstance(p, _Candidate)]
-        known = db.existing([c.image.sha256 for c in candidates])
-        fresh: dict[str, _Candidate] = {}
-        for item in prepared:
-            if isinstance(item, FileReport):
-                continue
-            sha = item.image.sha256
-            if sha in known:
-                item.report.status, item.report.id = "duplicate", known[sha]
-            elif sha in fresh:
-                item.report.status = "duplicate"  # its id is filled in once the first copy is inserted
-            else:
-                fresh[sha] = item
-        new = list(fresh.values())
-        if progress:
-            progress(done, total, "embedding")
-        vectors = embedder.encode([c.image.image for c in new], batch_size=batch_size) if new else []
-        if progress:
-            progress(done, total, "storing")
-        failure: str | None = None
-        for candidate, vector in zip(new, vectors):
-            if failure:
-                candidate.report.status, candidate.report.reason = "rejected", failure
-                continue
-            try:
-                _store_one(candidate, vector, db=db, storage=storage, model_id=embedder.model_id, source=source)
-            except (StorageError, DatabaseUnavailable) as exc:
-                candidate.report.status, candidate.report.reason = "rejected", str(exc)
-                # The store or the database is down: stop rather than fail every remaining file slowly.
-                failure = f"Not attempted after an earlier failure: {exc}"
-        for item in prepared:
-            entry = item if isinstance(item, FileReport) else item.report
-            if entry.status == "duplicate" and entry.id is None:  # a second copy within the batch
-                first = fresh[item.image.sha256].report
-                entry.id, entry.reason = first.id, first.reason
-                entry.status = "rejected" if first.status == "rejected" else "duplicate"
-            report.items.append(entry)
-        done += len(batch)
-        if progress:
-            progress(done, total, "done" if done == total else "reading")
-        if failure:
-            for rest in sources[start + batch_size :]:
-                report.items.append(FileReport(rest.name[-MAX_NAME_CHARS:], "rejected", reason=failure))
-            break
+    failure: str | None = None
+    read = partial(_read_batch, firsts=firsts, db=db, embedder=embedder, limits=limits)
+    write = partial(_write_batch, db=db, storage=storage, model_id=embedder.model_id, source=source)
+    with ThreadPoolExecutor(1, thread_name_prefix="raiox-read") as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="raiox-write") as writer:
+        ahead = reader.submit(read, batches[0]) if batches else None
+        writing: tuple[Future, _Batch] | None = None
+
+        def finish_write() -> str | None:
+            nonlocal done
+            future, written = writing
+            failed = future.result()
+            report.items.extend(written.entries)
+            done += len(written.sources)
+            if progress:
+                progress(done, total, "done" if done == total else "reading")
+            return failed
+
+        for index in range(len(batches)):
+            batch = ahead.result()
+            ahead = reader.submit(read, batches[index + 1]) if index + 1 < len(batches) else None
+            if progress:
+                progress(done, total, "embedding")
+            vectors = embedder.encode_tensor(batch.pixels, batch_size) if batch.new else []
+            if writing and (failure := finish_write()):
+                break
+            if progress:
+                progress(done, total, "storing")
+            writing = (writer.submit(write, batch, vectors), batch)
+        else:
+            if writing:
+                failure = finish_write()
+        if ahead is not None:
+            ahead.cancel()
+    if failure:
+        for rest in sources[done:]:
+            report.items.append(FileReport(rest.name[-MAX_NAME_CHARS:], "rejected", reason=failure))
     return report
 
 

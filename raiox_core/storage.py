@@ -5,8 +5,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import logging
 import os
+import re
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator, Protocol
@@ -49,6 +52,9 @@ class Storage(Protocol):
     def check_writable(self) -> None:
         """Write, read back and delete a probe object; StorageError with a one-line reason otherwise."""
 
+    def remove_stale_temporary(self, older_than_s: float) -> list[str]:
+        """Remove half-written uploads of killed processes older than older_than_s; returns what was removed."""
+
 
 def _md5(data: bytes):
     # An integrity checksum, not a security one: allowed on FIPS systems too.
@@ -74,6 +80,10 @@ class _BaseStorage:
         if not key or key.startswith("/") or "\\" in key or ".." in parts or "" in parts or "." in parts:
             raise StorageError(f"Invalid storage key {key!r}: use relative paths with forward slashes.")
         return key
+
+    def remove_stale_temporary(self, older_than_s: float) -> list[str]:
+        """Nothing to do by default: an S3 PutObject is atomic, a failed one leaves nothing behind."""
+        return []
 
     def check_writable(self) -> None:
         """Write, read back and delete a probe object; StorageError with a one-line reason otherwise."""
@@ -169,6 +179,19 @@ class LocalStorage(_BaseStorage):
         self._check_key(key)
         return None
 
+    def remove_stale_temporary(self, older_than_s: float) -> list[str]:
+        """Delete the temp files of puts that never finished (a SIGKILL between write and rename)."""
+        removed, now = [], time.time()
+        try:
+            for path in self.root.rglob(f"*{self._TMP_SUFFIX}"):
+                with contextlib.suppress(FileNotFoundError):  # renamed or removed meanwhile
+                    if now - path.stat().st_mtime >= older_than_s:
+                        path.unlink()
+                        removed.append(path.relative_to(self.root).as_posix())
+        except OSError as exc:
+            raise StorageError(f"Cannot clean up {self.root}: {exc.strerror or exc}.") from exc
+        return removed
+
 
 def _fsync_dir(path: Path) -> None:
     if os.name == "nt":  # Windows cannot open a directory for fsync; os.replace is enough there
@@ -178,6 +201,23 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class _MaskSessionTokens(logging.Filter):
+    """botocore logs each signed request at DEBUG, temporary credentials' session token included: mask it,
+    so that turning DEBUG logging on (ours never does) cannot leak a credential into log files."""
+
+    _TOKEN = re.compile(r"(x-amz-security-token['\"]?\s*[:=]\s*b?['\"]?)[^\s'\"&,}]+", re.IGNORECASE)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = self._TOKEN.sub(r"\1***", message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+_MASK_TOKENS = _MaskSessionTokens()
 
 
 class S3Storage(_BaseStorage):
@@ -222,6 +262,8 @@ class S3Storage(_BaseStorage):
             # We send Content-MD5 ourselves; newer botocore's extra CRC headers break some S3-compatible servers.
             options["request_checksum_calculation"] = "when_required"
             options["response_checksum_validation"] = "when_required"
+        for name in ("botocore.auth", "botocore.endpoint"):  # the loggers that print request headers
+            logging.getLogger(name).addFilter(_MASK_TOKENS)  # idempotent
         # A private session: boto3's default session is not safe to create clients from in many threads.
         try:
             self._client = boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=Config(**options))

@@ -80,3 +80,6 @@ WHERE id = %(id)s RETURNING id;
 -- name: get-match-log
 SELECT id, created_at, query_sha256, model_id, k, filters, results, confidence, confident, feedback, feedback_label
 FROM match_log WHERE id = %(id)s;
+
+-- name: reference-vector
+SELECT embedding FROM embeddings WHERE reference_id = %(id)s AND model_id = %(model_id)s;

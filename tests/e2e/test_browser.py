@@ -72,8 +72,8 @@ def browser():
 
 
 def wait_idle(page, timeout_ms=180_000):
-    """Streamlit shows a running indicator while the script runs; wait until the page settles."""
-    page.wait_for_selector("[data-testid='stApp']", timeout=timeout_ms)
+    """Wait for the sidebar's disclaimer (the script has run), then for the running indicator to go."""
+    page.get_by_text("Decision support, not a diagnosis").first.wait_for(timeout=timeout_ms)
     page.wait_for_function(
         "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms
     )

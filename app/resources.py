@@ -1,0 +1,122 @@
+"""Process-wide resources, created once with st.cache_resource, and cached queries with st.cache_data."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from raiox_core.config import Settings
+from raiox_core.db import Database, open_database
+from raiox_core.embedder import Embedder, load_from_settings
+from raiox_core.images import ImageLimits
+from raiox_core.storage import Storage, open_storage
+
+
+@st.cache_resource
+def get_settings() -> Settings:
+    """Settings from the environment; the staff password may also come from .streamlit/secrets.toml."""
+    settings = Settings.from_env()
+    if settings.staff_password is None:
+        try:
+            secret = st.secrets.get("RAIOX_STAFF_PASSWORD")
+        except FileNotFoundError:  # no secrets.toml: that is fine
+            secret = None
+        if secret:
+            settings = settings.with_(staff_password=str(secret))
+    return settings
+
+
+# Exceptions are not cached, so an unreachable database is retried on the next rerun: the app
+# recovers when it comes back without a restart.
+@st.cache_resource(show_spinner="Starting the database…")
+def get_db() -> Database:
+    return open_database(get_settings())
+
+
+@st.cache_resource(show_spinner=False)
+def get_storage() -> Storage:
+    return open_storage(get_settings())
+
+
+@st.cache_resource(show_spinner="Loading the image model (once per server)…")
+def get_embedder() -> Embedder:
+    return load_from_settings(get_settings())
+
+
+def get_limits() -> ImageLimits:
+    return ImageLimits.from_settings(get_settings())
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def cached_stats() -> dict:
+    return get_db().stats()
+
+
+def clear_query_caches() -> None:
+    """After ingestion, edits and deletions: every page shows the new state at once."""
+    st.cache_data.clear()
+
+
+# -- references page: cached list, count, thumbnails and neighbours (cleared by clear_query_caches) ---
+
+
+@st.cache_data(ttl=60, show_spinner=False, max_entries=256)
+def cached_reference_list(manufacturer: str | None, model: str | None, diameter_min: float | None,
+                          diameter_max: float | None, text: str | None, limit: int, offset: int) -> list[dict]:
+    """One page of references matching the filters (plain arguments, so Streamlit can hash them)."""
+    from raiox_core.db import Filters
+
+    filters = Filters(manufacturer, model, diameter_min, diameter_max, text)
+    return get_db().list(filters, limit=limit, offset=offset)
+
+
+@st.cache_data(ttl=60, show_spinner=False, max_entries=256)
+def cached_reference_count(manufacturer: str | None, model: str | None, diameter_min: float | None,
+                           diameter_max: float | None, text: str | None) -> int:
+    from raiox_core.db import Filters
+
+    return get_db().count(Filters(manufacturer, model, diameter_min, diameter_max, text))
+
+
+@st.cache_data(show_spinner=False, max_entries=2048)
+def cached_thumbnail(object_key: str, side: int = 160) -> bytes:
+    """A small PNG of a stored image; keys are content hashes, so a key's thumbnail never goes stale."""
+    from raiox_core.images import thumbnail_png
+
+    return thumbnail_png(get_storage().get(object_key), side)
+
+
+@st.cache_data(ttl=60, show_spinner=False, max_entries=256)
+def cached_neighbours(reference_id: int, model_id: str, k: int = 6) -> list[dict] | None:
+    """The k references nearest to one reference by its stored vector (itself excluded); None: no vector."""
+    vector = get_db().vector(reference_id, model_id)
+    if vector is None:
+        return None
+    found = get_db().search(vector, model_id, k=k + 1)
+    return [row for row in found if row["id"] != reference_id][:k]
+
+
+@st.cache_data(ttl=60, show_spinner="Loading the reference vectors…", max_entries=2)
+def cached_embeddings(model_id: str):
+    """(labels DataFrame without the vectors, (n, dim) float32 matrix in the same row order) of one model.
+
+    One contiguous matrix instead of a list of dicts holding arrays: st.cache_data copies its value on
+    every rerun, and copying one array is cheap. Used by the explorer.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from raiox_core.projection import as_vector
+
+    rows = get_db().embeddings(model_id)
+    columns = ["id", "manufacturer", "model", "diameter_mm", "source_filename", "object_key", "source"]
+    labels = pd.DataFrame([{c: r[c] for c in columns} for r in rows], columns=columns)
+    vectors = np.stack([as_vector(r["embedding"]) for r in rows]) if rows else np.empty((0, 0), np.float32)
+    return labels, vectors
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def cached_model_id(model: str, pretrained: str) -> str:
+    """The model_id the app's vectors carry, without loading the model (a checkpoint file is hashed once)."""
+    from raiox_core.embedder import model_id_for
+
+    return model_id_for(model, pretrained)

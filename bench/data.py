@@ -1,0 +1,114 @@
+"""Bench inputs: synthetic radiographs (the real renderer) and synthetic reference vectors with labels.
+
+Vectors come in two kinds, both unit length and 512-d:
+- "clustered": what a trained encoder's vectors of implant X-rays look like in outline. Each of 24
+  models (8 manufacturers x 3) has a centroid near its manufacturer's; a vector is its model's centroid
+  plus variation inside a 32-dimensional subspace of that model (pose, exposure, diameter) plus a little
+  isotropic noise. Neighbours are meaningful and HNSW's graph has structure to exploit.
+- "uniform": independent random directions, the worst case for any graph index (no structure at all).
+Queries are fresh draws from the same distribution, never rows of the table.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+DIM = 512
+MANUFACTURERS = ("Nobel Biocare", "Straumann", "Neodent", "Zimmer", "Osstem", "MIS", "Dentsply", "BioHorizons")
+MODELS_PER_MANUFACTURER = 3
+DIAMETERS = (3.5, 4.1, 4.8)
+SUBSPACE_DIM = 32
+
+
+def _demo_chunk(seed: int) -> list[tuple[str, bytes]]:
+    from raiox_core.synthetic import demo_files
+
+    return demo_files(per_diameter=1, seed=seed)  # one image per catalogue (model, diameter)
+
+
+def radiographs(n: int, seed: int = 0, workers: int = 2) -> list[tuple[str, bytes]]:
+    """n distinct (file name, PNG bytes) synthetic radiographs, named by the MANUFACTURER_MODEL_D convention.
+
+    Rendered in `workers` processes (the renderer is numpy-bound); deterministic for (n, seed).
+    """
+    from raiox_core.synthetic import CATALOGUE
+
+    per_chunk = sum(len(design.diameters_mm) for design in CATALOGUE)
+    seeds = [1000 * seed + i for i in range(-(-n // per_chunk))]
+    if workers > 1 and len(seeds) > 1:
+        with ProcessPoolExecutor(min(workers, len(seeds))) as pool:
+            chunks = list(pool.map(_demo_chunk, seeds))
+    else:
+        chunks = [_demo_chunk(s) for s in seeds]
+    return [item for chunk in chunks for item in chunk][:n]
+
+
+@dataclass
+class Labels:
+    """Labels of n references, as parallel arrays."""
+
+    manufacturer: np.ndarray  # index into MANUFACTURERS
+    model: np.ndarray  # 0..23: manufacturer * 3 + model number
+    diameter: np.ndarray  # mm
+
+    def __len__(self) -> int:
+        return len(self.model)
+
+    def rows(self, start_id: int = 1):
+        """(id, manufacturer, model, diameter_mm, source_filename, sha256, object_key) tuples for COPY."""
+        for i in range(len(self)):
+            ref_id = start_id + i
+            maker = MANUFACTURERS[self.manufacturer[i]]
+            model = f"M{self.model[i] % MODELS_PER_MANUFACTURER + 1}"
+            sha = f"{ref_id:064x}"
+            yield (ref_id, maker, model, float(self.diameter[i]), f"bench_{ref_id}.png", sha,
+                   f"referencia/{sha}.png")
+
+
+def labels(n: int, seed: int = 0) -> Labels:
+    """Uniformly spread labels: each manufacturer holds about n/8 references."""
+    rng = np.random.default_rng(seed)
+    model = rng.integers(0, len(MANUFACTURERS) * MODELS_PER_MANUFACTURER, n)
+    return Labels(model // MODELS_PER_MANUFACTURER, model, rng.choice(DIAMETERS, n))
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@dataclass
+class ClusterModel:
+    """Centroids and per-model subspaces of the "clustered" distribution."""
+
+    centroids: np.ndarray  # (24, DIM) unit
+    bases: np.ndarray  # (24, SUBSPACE_DIM, DIM) orthonormal rows
+
+    @classmethod
+    def make(cls, seed: int = 0) -> "ClusterModel":
+        rng = np.random.default_rng(seed)
+        makers = _unit(rng.standard_normal((len(MANUFACTURERS), DIM)))
+        n_models = len(MANUFACTURERS) * MODELS_PER_MANUFACTURER
+        centroids = _unit(np.repeat(makers, MODELS_PER_MANUFACTURER, axis=0)
+                          + 0.7 * _unit(rng.standard_normal((n_models, DIM))))
+        bases = np.stack([np.linalg.qr(rng.standard_normal((DIM, SUBSPACE_DIM)))[0].T for _ in range(n_models)])
+        return cls(centroids, bases.astype(np.float32))
+
+    def sample(self, model: np.ndarray, seed: int, spread: float = 0.9, noise: float = 0.25) -> np.ndarray:
+        """Unit vectors for the given model indices (one row per entry)."""
+        rng = np.random.default_rng(seed)
+        out = np.empty((len(model), DIM), dtype=np.float32)
+        for start in range(0, len(model), 20_000):  # bounded memory at any n
+            m = model[start : start + 20_000]
+            coeffs = rng.standard_normal((len(m), SUBSPACE_DIM)).astype(np.float32) * (spread / SUBSPACE_DIM**0.5)
+            local = np.einsum("nk,nkd->nd", coeffs, self.bases[m])
+            iso = rng.standard_normal((len(m), DIM)).astype(np.float32) * (noise / DIM**0.5)
+            out[start : start + len(m)] = _unit(self.centroids[m] + local + iso)
+        return out
+
+
+def uniform(n: int, seed: int) -> np.ndarray:
+    """n independent random unit vectors."""
+    return _unit(np.random.default_rng(seed).standard_normal((n, DIM), dtype=np.float32))

@@ -1,0 +1,72 @@
+"""(b) Match latency end to end: bytes -> normalise -> embed -> search -> vote -> log, warm, per reference count."""
+
+from __future__ import annotations
+
+import time
+
+from raiox_core.images import prepare_image
+from raiox_core.match import VOTE_POOL, match_bytes, vote, Neighbour
+
+from .env import BenchEnv
+from .references import ReferenceSets
+from .timing import repeat, summarize
+
+WARMUP = 5
+
+
+def _stages(env: BenchEnv, embedder, queries: list[bytes], threshold: float) -> dict:
+    """Where the time goes: the same steps as match_bytes, timed one by one."""
+    times: dict[str, list[float]] = {"prepare": [], "embed": [], "search": [], "vote_and_log": []}
+    for data in queries:
+        t0 = time.perf_counter()
+        image = prepare_image(data)
+        t1 = time.perf_counter()
+        vector = embedder.encode_one(image.image)
+        t2 = time.perf_counter()
+        rows = env.db.search(vector, embedder.model_id, k=VOTE_POOL)
+        t3 = time.perf_counter()
+        neighbours = [Neighbour(**{f: r[f] for f in Neighbour.__dataclass_fields__}) for r in rows]
+        makers, _ = vote(neighbours)
+        env.db.log_match(query_sha256=image.sha256, model_id=embedder.model_id, k=3, filters={}, results=[],
+                         confidence=makers[0].probability, confident=makers[0].probability >= threshold)
+        t4 = time.perf_counter()
+        for name, seconds in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            times[name].append(seconds)
+    stages = {name: summarize(values)["p50_ms"] for name, values in times.items()}
+    stages.update(_png_cost(prepare_image(queries[0]).image))
+    return stages
+
+
+def _png_cost(image) -> dict:
+    """Part of "prepare": PNG encoding of the normalised image, at the level images.py uses and at level 1."""
+    import io
+
+    from raiox_core.images import _encode_png  # private, timed as it is: the biggest part of prepare
+
+    def level1():
+        image.save(io.BytesIO(), format="PNG", compress_level=1)
+
+    return {"of_which_png_encode": summarize(repeat(lambda: _encode_png(image), 10))["p50_ms"],
+            "png_encode_if_level_1": summarize(repeat(level1, 10))["p50_ms"]}
+
+
+def run(env: BenchEnv, sets: ReferenceSets, query_files: list[bytes], n_queries: int, n_stage_queries: int) -> list:
+    """p50/p95 of match_bytes over n_queries (query images cycled) at the small and the large reference count."""
+    threshold = env.settings.match_threshold
+    out = []
+    for key in ("small", "large"):
+        embedder = env.model_view(sets.model_ids[key])
+        queries = [query_files[i % len(query_files)] for i in range(n_queries)]
+        for data in queries[:WARMUP]:
+            match_bytes(data, db=env.db, embedder=embedder, threshold=threshold)
+        seconds = []
+        for data in queries:
+            start = time.perf_counter()
+            result = match_bytes(data, db=env.db, embedder=embedder, threshold=threshold)
+            seconds.append(time.perf_counter() - start)
+            if len(result.matches) != 3:
+                raise RuntimeError(f"match returned {len(result.matches)} neighbours, not 3")
+        out.append({"references": sets.size(key), "queries": n_queries, "distinct_images": len(query_files),
+                    **summarize(seconds), "stages_p50_ms": _stages(env, embedder, queries[:n_stage_queries],
+                                                                   threshold)})
+    return out

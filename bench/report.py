@@ -1,0 +1,217 @@
+"""The bench report: targets judged against the figures, JSON on disk, and a markdown rendering."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+FULL_SIZES = {"ingest_images": 500, "n_small": 10_000, "n_large": 100_000}
+
+
+@dataclass(frozen=True)
+class Target:
+    id: str
+    what: str
+    goal: str
+    value: Callable[[dict], float | None]  # figures -> measured value (None when the section failed)
+    met: Callable[[float], bool]
+    unit: str = ""
+
+
+def _get(figures: dict, *path):
+    node = figures
+    for key in path:
+        if node is None:
+            return None
+        node = node[key] if isinstance(node, list) else node.get(key)
+    return node
+
+
+def _match(figures: dict, stat: str):
+    rows = figures.get("match") or []
+    return rows[-1][stat] if rows else None
+
+
+def _best_ef(figures: dict, partition: str):
+    """The smallest ef_search with recall@10 >= 0.98, as (recall, p50); else the most accurate one."""
+    hnsw = _get(figures, "search", partition, "hnsw") or {}
+    if not hnsw:
+        return None
+    ok = [(int(ef), r) for ef, r in hnsw.items() if r["recall_at_10"] >= 0.98]
+    ef, r = min(ok) if ok else max(((int(ef), r) for ef, r in hnsw.items()), key=lambda x: x[1]["recall_at_10"])
+    return {"ef_search": ef, "recall": r["recall_at_10"], "p50_ms": r["p50_ms"]}
+
+
+def _recall_at_speed(figures: dict, partition: str):
+    best = _best_ef(figures, partition)
+    return None if best is None else best["recall"] if best["p50_ms"] <= 5.0 else 0.0
+
+
+TARGETS = [
+    Target("a1", "Ingestion throughput (pipeline, default batch)", ">= 16 images/s",
+           lambda f: _get(f, "ingest", "images_per_s"), lambda v: v >= 16, " img/s"),
+    Target("a2", "Ingestion speed-up vs one-at-a-time", ">= 3x",
+           lambda f: _get(f, "ingest", "speedup_vs_old"), lambda v: v >= 3, "x"),
+    Target("b1", "Match p50, largest reference set", "<= 120 ms", lambda f: _match(f, "p50_ms"),
+           lambda v: v <= 120, " ms"),
+    Target("b2", "Match p95, largest reference set", "<= 200 ms", lambda f: _match(f, "p95_ms"),
+           lambda v: v <= 200, " ms"),
+    Target("c1", "HNSW recall@10 at p50 <= 5 ms (clustered vectors)", ">= 0.98",
+           lambda f: _recall_at_speed(f, "clustered"), lambda v: v >= 0.98),
+    Target("c2", "HNSW recall@10 at p50 <= 5 ms (uniform vectors, worst case)", ">= 0.98",
+           lambda f: _recall_at_speed(f, "uniform"), lambda v: v >= 0.98),
+    Target("c3", "Filtered search returns k rows (both filters)", "all queries",
+           lambda f: None if not _get(f, "search", "filtered") else float(all(
+               r["all_returned_k"] for r in f["search"]["filtered"].values())), lambda v: v == 1.0),
+    Target("e1", "Explorer warm view (cached map)", "<= 2 s", lambda f: _get(f, "explorer", "warm_s"),
+           lambda v: v <= 2.0, " s"),
+    Target("f1", "Peak RSS, dashboard resources + largest set", "<= 2560 MB", lambda f: _get(f, "memory", "peak_mb"),
+           lambda v: v <= 2560, " MB"),
+]
+
+
+def judge(figures: dict, full: bool) -> list[dict]:
+    """Each target with its measured value and met: true/false, or null when not measured at full size."""
+    out = []
+    for t in TARGETS:
+        try:
+            value = t.value(figures)
+        except (KeyError, TypeError, IndexError):
+            value = None
+        met = None if value is None or not full else bool(t.met(value))
+        out.append({"id": t.id, "what": t.what, "target": t.goal, "value": value, "unit": t.unit, "met": met})
+    return out
+
+
+def _fmt(value, unit: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        value = f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return f"{value}{unit}"
+
+
+def _verdict(met) -> str:
+    return {True: "met", False: "NOT met", None: "n/a"}[met]
+
+
+def markdown(report: dict) -> str:
+    m, v, s, f = report["machine"], report["versions"], report["settings"], report["figures"]
+    lines = [
+        f"# Raiox bench, {report['started'][:10]}{' (quick sizes)' if report['quick'] else ''}",
+        "",
+        f"**Machine:** {m['cpu']}, {m['cores']} cores ({', '.join(m['cpu_flags'])}), {m['ram_gb']} GB RAM, "
+        f"GPU: {m['gpu']}, {m['os']}, virtualised: {m['hypervisor']}. "
+        f"Load average (1 min) before/after: {report['load']['before']:.2f} / {report['load']['after']:.2f}.",
+        "",
+        "**Versions:** " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
+        "",
+        "**Settings:** " + ", ".join(f"{k}={val}" for k, val in s.items()) + ".",
+        "",
+        f"Wall time {report['duration_s'] / 60:.1f} min. 1-min load average at the end of each section (bench included): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in report.get("section_load", {}).items()) + ".",
+        "",
+        "## Targets",
+        "",
+        "| | figure | measured | target | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for t in report["targets"]:
+        lines.append(f"| {t['id']} | {t['what']} | {_fmt(t['value'], t['unit'])} | {t['target']} | {_verdict(t['met'])} |")
+    lines += ["", "## Figures", ""] + _details(f)
+    if report["notes"]:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
+    if report["errors"]:
+        lines += ["", "## Sections that failed", ""] + [f"- **{k}**: {e}" for k, e in report["errors"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _details(f: dict) -> list[str]:
+    out: list[str] = []
+    if ing := f.get("ingest"):
+        out += [f"### (a) Ingestion, {ing['images']} synthetic radiographs, local storage, embedded PostgreSQL", "",
+                "| way | images/s | seconds |", "|---|---|---|",
+                f"| old: one at a time (1 model call, 1 INSERT + commit each) | "
+                f"{ing['old_one_at_a_time']['images_per_s']} | {ing['old_one_at_a_time']['seconds']} |",
+                f"| batched, no overlap (batch {ing['best_batch_size']}) | {ing['batched_no_overlap']['images_per_s']} |"
+                f" {ing['batched_no_overlap']['seconds']} |"]
+        out += [f"| pipeline, batch {bs}{' (default)' if int(bs) == ing['default_batch_size'] else ''} | "
+                f"{r['images_per_s']} | {r['seconds']} |" for bs, r in ing["pipeline"].items()]
+        out.append("")
+    if rows := f.get("match"):
+        out += ["### (b) Match latency, end to end (bytes -> normalise -> embed -> search -> vote -> log), warm", "",
+                "| references | queries | p50 ms | p95 ms | prepare | (of which PNG encode) | embed | search | vote+log |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        out += [f"| {r['references']} | {r['queries']} | {r['p50_ms']} | {r['p95_ms']} | "
+                + " | ".join(str(r["stages_p50_ms"].get(k, "-")) for k in
+                             ("prepare", "of_which_png_encode", "embed", "search", "vote_and_log")) + " |"
+                for r in rows]
+        if "png_encode_if_level_1" in rows[-1]["stages_p50_ms"]:
+            out.append(f"\nStages are p50 ms. PNG encoding at compress_level=1 would take "
+                       f"{rows[-1]['stages_p50_ms']['png_encode_if_level_1']} ms instead.")
+        out.append("")
+    if search := f.get("search"):
+        out += [f"### (c) Vector search, {search['vectors']} x 512, k={search['k']}, {search['queries']} queries "
+                "(through Database.search)", "", "| vectors | search | recall@10 | p50 ms | p95 ms |",
+                "|---|---|---|---|---|"]
+        for part in ("clustered", "uniform"):
+            p = search[part]
+            out.append(f"| {part} | exact (seq scan) | 1 | {p['exact']['p50_ms']} | {p['exact']['p95_ms']} |")
+            out += [f"| {part} | HNSW ef_search={ef} | {r['recall_at_10']} | {r['p50_ms']} | {r['p95_ms']} |"
+                    for ef, r in p["hnsw"].items()]
+        out += ["", "| filter | candidate rows | path | min rows returned | recall@10 | p50 ms | p95 ms | exact p50 ms |",
+                "|---|---|---|---|---|---|---|---|"]
+        out += [f"| {name} | {r['candidate_rows']} ({r['share']:.0%}) | {r['path']} | {r['min_results']} | "
+                f"{r['recall_at_10']} | {r['p50_ms']} | {r['p95_ms']} | {r['exact_p50_ms']} |"
+                for name, r in search["filtered"].items()]
+        out.append("")
+    if enc := f.get("encoder"):
+        out += [f"### (d) Encoder: {enc['gflop_per_image']} GFLOP/image; dense fp32 matmul "
+                f"{enc['matmul']['median_gflops']} GFLOP/s (best {enc['matmul']['best_gflops']}) on "
+                f"{enc['matmul']['threads']} threads", "",
+                "| variant | ms/image | images/s | GFLOP/s | vs matmul |", "|---|---|---|---|---|"]
+        out += [f"| {name} | {r['ms_per_image']} | {r['images_per_s']} | {r['gflops']} | "
+                f"{r['efficiency_vs_matmul']:.0%} |" for name, r in enc["variants"].items()]
+        q = enc["int8"]
+        out += ["", f"int8 dynamic: cosine to fp32 min {q['cosine_to_fp32_min']} (mean {q['cosine_to_fp32_mean']}) over "
+                f"{q['images']} images, {q['weights']} weights; batch-vs-single max |diff| "
+                f"{q['batch_vs_single_max_abs_diff']}; speed-up {q['speedup_vs_fp32']}x; adoptable: {q['adoptable']}. "
+                f"ONNX Runtime: {enc['onnxruntime']}. Adopted: {enc['adopted']}.", ""]
+    if ex := f.get("explorer"):
+        out += [f"### (e) Explorer, {ex['points']} references, {ex['method']}", "",
+                "| start | process s | fetch rows s | projection s | frame + figure s | view s (excl. imports) |",
+                "|---|---|---|---|---|---|"]
+        for name in ("cold", "warm"):
+            r = ex[name]
+            out.append(f"| {name} ({r['source']}) | {r['process_s']} | {r['fetch_rows_s']} | {r['projection_s']} | "
+                       f"{r['frame_and_figure_s']} | {r['view_s']} |")
+        w = ex["warm"]
+        running = w["fetch_rows_s"] + w["memory_cache_s"] + w["frame_and_figure_s"]
+        out += ["", f"numba cache: {ex['numba_cache']}. Warm = first view after a restart (map unpickled from disk, "
+                f"which imports umap). In a running server the map comes from the in-process cache in "
+                f"{w['memory_cache_s']} s, so a view costs about {running:.2f} s (rows + cache + figure).", ""]
+    if mem := f.get("memory"):
+        out += [f"### (f) Memory, {mem['references']} references", "", "| step | RSS MB | peak MB |", "|---|---|---|"]
+        out += [f"| {name} | {r['rss_mb']} | {r['peak_mb']} |" for name, r in mem["marks"].items()]
+        if "text_tower_mb" in mem:
+            out.append(f"\nText tower dropped after load: {mem['text_tower_mb']} MB of fp32 weights not held.")
+        out.append("")
+    if refs := f.get("references"):
+        out += ["### (g) Bulk load and HNSW build (m=16, ef_construction=64)", "",
+                "| partition | vectors | COPY s | rows/s | HNSW build s | index MB |", "|---|---|---|---|---|---|"]
+        out += [f"| {key} ({r['kind']}) | {r['vectors']} | {r['copy_s']} | {r['copy_rows_per_s']} | {r['hnsw_build_s']} |"
+                f" {r['hnsw_index_mb']} |" for key, r in refs.items() if isinstance(r, dict)]
+        out.append(f"\nReference rows COPY: {refs['copy_references_s']} s; embeddings table with all partitions: "
+                   f"{refs['embeddings_table_mb']} MB.")
+    return out
+
+
+def write(report: dict, json_path: Path | None, md_path: Path | None) -> None:
+    text = json.dumps(report, indent=2, default=str)
+    for path, body in ((json_path, text), (md_path, markdown(report))):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(body)

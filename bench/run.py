@@ -1,0 +1,152 @@
+"""`raiox bench`: measure ingestion, matching, search, encoder, explorer and memory on this machine.
+
+Sections run in an order that loads the big reference set once: encoder, ingestion, then the bulk
+load (which also times the HNSW builds), match, search, explorer and memory on that data. A section
+that fails is reported and the others still run; the exit code is 1 then, else 0 (targets that are
+not met are reported, not turned into a failure: the bench measures, it does not judge the build).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from raiox_core.config import Settings
+
+from . import data, report as reporting
+from .machine import database_facts, describe_machine, library_versions
+from .timing import loadavg
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BenchSizes:
+    ingest_images: int
+    ingest_batch_sizes: tuple[int, ...]
+    n_small: int
+    n_large: int
+    match_queries: int
+    stage_queries: int
+    search_queries: int
+    encoder_images: int
+    encoder_batch_sizes: tuple[int, ...]
+    encoder_min_seconds: float
+    memory_matches: int
+    query_images: int
+    cold_numba: bool
+
+
+FULL = BenchSizes(ingest_images=500, ingest_batch_sizes=(8, 16, 32), n_small=10_000, n_large=100_000,
+                  match_queries=200, stage_queries=40, search_queries=200, encoder_images=32,
+                  encoder_batch_sizes=(1, 8, 16, 32), encoder_min_seconds=4.0, memory_matches=20, query_images=50,
+                  cold_numba=True)
+QUICK = BenchSizes(ingest_images=40, ingest_batch_sizes=(16,), n_small=500, n_large=2_000, match_queries=30,
+                   stage_queries=5, search_queries=30, encoder_images=16, encoder_batch_sizes=(1, 16),
+                   encoder_min_seconds=0.5, memory_matches=3, query_images=8, cold_numba=False)
+
+
+def _section(report: dict, name: str, fn, *args, **kwargs):
+    """Run one section; its figures go under report['figures'][name], a failure under report['errors']."""
+    print(f"raiox bench: {name}…", flush=True)
+    start = time.perf_counter()
+    try:
+        result = fn(*args, **kwargs)
+    except Exception as exc:  # one broken section must not cost the figures of the others
+        log.debug("section %s failed", name, exc_info=True)
+        report["errors"][name] = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+        return None
+    report["figures"][name] = result
+    report["section_seconds"][name] = round(time.perf_counter() - start, 1)
+    report["section_load"][name] = loadavg()  # 1-min load at the end: was something else running?
+    return result
+
+
+def run_bench(settings: Settings, quick: bool = False, json_path: str | None = None) -> int:
+    """Run every section at full (or quick) sizes; write JSON + markdown; return the exit code."""
+    from . import encoder_bench, explorer_bench, ingest_bench, match_bench, memory_bench, references, search_bench
+    from .env import BenchEnv
+
+    import torch
+
+    sizes = QUICK if quick else FULL
+    started = datetime.now(timezone.utc)
+    report: dict = {
+        "schema": 1, "quick": quick, "started": started.isoformat(timespec="seconds"),
+        "machine": describe_machine(), "versions": library_versions(), "sizes": asdict(sizes),
+        "load": {"before": loadavg()}, "figures": {}, "section_seconds": {}, "section_load": {}, "errors": {}, "notes": [],
+    }
+    wall = time.perf_counter()
+    print("raiox bench: rendering synthetic radiographs…", flush=True)
+    files = data.radiographs(sizes.ingest_images, seed=0)
+    queries = [png for _, png in data.radiographs(sizes.query_images, seed=1)]
+    env = BenchEnv.start(settings)
+    try:
+        report["notes"] += env.notes
+        with env.db.connection() as conn:
+            db_facts = database_facts(conn)
+        report["versions"].update(postgres=db_facts.pop("postgres"), pgvector_extension=db_facts.pop("pgvector"))
+        from raiox_core import db as dbmod
+
+        report["settings"] = {
+            "model": env.settings.model, "model_id": env.embedder.model_id, "device": env.embedder.device,
+            "torch_threads": torch.get_num_threads(), "hnsw_m": dbmod.HNSW_M,
+            "hnsw_ef_construction": dbmod.HNSW_EF_CONSTRUCTION, "ef_search_default": dbmod.DEFAULT_EF_SEARCH,
+            "exact_search_max_rows": dbmod.EXACT_SEARCH_MAX_ROWS, **{f"pg_{k}": v for k, v in db_facts.items()},
+        }
+        images = [_decoded(png) for png in queries[: sizes.encoder_images]]
+        images += [_decoded(png) for _, png in files[: max(0, sizes.encoder_images - len(images))]]
+        _section(report, "encoder", encoder_bench.run, env.embedder, images, sizes.encoder_min_seconds,
+                 sizes.encoder_batch_sizes)
+        _section(report, "ingest", ingest_bench.run, env, files, sizes.ingest_batch_sizes)
+        sets = _section(report, "references", lambda: references.load(env, sizes.n_small, sizes.n_large))
+        if sets is not None:
+            report["figures"]["references"] = sets.figures
+            _section(report, "match", match_bench.run, env, sets, queries, sizes.match_queries, sizes.stage_queries)
+            _section(report, "search", search_bench.run, env.db, sets, sizes.search_queries)
+            _section(report, "explorer", explorer_bench.run, env, sets, sizes.cold_numba)
+            _section(report, "memory", memory_bench.run, env, queries, sizes.memory_matches)
+    finally:
+        env.close()
+    report["load"]["after"] = loadavg()
+    report["duration_s"] = round(time.perf_counter() - wall, 1)
+    report["targets"] = reporting.judge(report["figures"], full=not quick)
+    report["notes"].append(
+        "Reference vectors are synthetic (see bench/data.py): 'clustered' = 24 model centroids + variation in a "
+        "32-d subspace per model + isotropic noise; 'uniform' = random directions. Queries for (b) are real "
+        "radiographs embedded by the loaded model; for (c) fresh draws from the same distribution.")
+    report["notes"].append(_load_note(report["load"]["before"]))
+    if quick:
+        report["notes"].append("Quick sizes: the figures prove the bench runs; targets are not judged.")
+    json_file = Path(json_path) if json_path else None
+    md_file = None
+    if not quick:
+        stem = f"{started:%Y-%m-%d}-{report['machine']['slug']}"
+        reporting.write(report, RESULTS_DIR / f"{stem}.json", RESULTS_DIR / f"{stem}.md")
+        md_file = RESULTS_DIR / f"{stem}.md"
+    reporting.write(report, json_file, None)
+    print(reporting.markdown(report))
+    if md_file:
+        print(f"raiox bench: wrote {md_file} and {md_file.with_suffix('.json')}")
+    return 1 if report["errors"] else 0
+
+
+def _load_note(before: float) -> str:
+    """Whether the machine was idle when the bench started (later load averages include the bench's own threads)."""
+    if before > 1.0:
+        return (f"The machine was busy when the bench started (1-min load {before:.1f} on {describe_machine()['cores']}"
+                " cores): other processes competed for the CPU and every figure here is pessimistic.")
+    return (f"1-min load {before:.1f} when the bench started. Per-section load averages include the bench's own "
+            "threads (torch, reader, writer, PostgreSQL), so 2-4 is expected while it runs.")
+
+
+def _decoded(png: bytes):
+    from raiox_core.images import prepare_image
+
+    return prepare_image(png).image

@@ -1,0 +1,277 @@
+"""Embedding explorer (researchers): how the implant systems cluster in the active model's vector space.
+
+Hover shows a point's label, diameter, file and id (plotly cannot draw images in a hover box); clicking,
+box- or lasso-selecting points on the 2-D map shows their thumbnails beside it. The picker beside the map
+does the same for any reference, and is the way to inspect points in 3-D, where plotly offers no box or
+lasso selection.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+
+from app.resources import cached_embeddings, get_db, get_embedder, get_limits, get_settings, get_storage
+from app.widgets import show_error
+from raiox_core.embedder import model_id_for
+from raiox_core.errors import RaioxError
+from raiox_core.evaluate import TOP_K, Evaluation, evaluate
+from raiox_core.images import prepare_image, thumbnail_png
+from raiox_core.projection import METRICS, ProjectionParams, cached_projection, projection_frame, vectors_digest
+
+MIN_REFERENCES = 5
+MAX_SHOWN = 12  # thumbnails shown for a box/lasso selection
+MAX_CONFUSION_LABELS = 40  # a larger model confusion matrix shows only the most confused labels
+SYMBOLS_3D = ["circle", "diamond", "square", "cross", "x", "circle-open", "diamond-open", "square-open"]
+COLOURS = px.colors.qualitative.Dark24 + px.colors.qualitative.Light24
+
+
+class _Progress:
+    """The progress callback for cached_projection: a status box appears only when a map is computed."""
+
+    def __init__(self) -> None:
+        self.status = None
+        self.bar = None
+
+    def __call__(self, fraction: float, text: str) -> None:
+        if self.status is None:
+            self.status = st.status(text, expanded=True)
+            self.bar = self.status.progress(0.0)
+        self.status.update(label=text)
+        self.bar.progress(min(max(fraction, 0.0), 1.0), text=text)
+
+    def done(self, text: str) -> None:
+        if self.status is not None:
+            self.status.update(label=text, state="complete", expanded=False)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _thumbnail(object_key: str) -> bytes:
+    return thumbnail_png(get_storage().get(object_key), side=200)
+
+
+@st.cache_data(max_entries=16, show_spinner="Embedding the X-ray…")
+def _embed_query(data: bytes, model_id: str) -> tuple[np.ndarray, bytes]:
+    """(unit vector, thumbnail) of an uploaded image; model_id is part of the cache key."""
+    prepared = prepare_image(data, get_limits())
+    embedder = get_embedder()
+    if embedder.model_id != model_id:
+        raise RaioxError(f"The loaded model is {embedder.model_id}, but the map shows {model_id}; reload the page.")
+    return embedder.encode_one(prepared.image), thumbnail_png(prepared.png, side=200)
+
+
+@st.cache_data(max_entries=4, show_spinner="Evaluating the clusters (leave-one-out)…")
+def _evaluation(model_id: str, digest: str, labels: pd.DataFrame, _vectors: np.ndarray) -> Evaluation:
+    # The vectors are keyed by their digest (hashing the matrix again would be slow); labels by value.
+    return evaluate(_vectors, labels["manufacturer"].tolist(), labels["model"].tolist(), labels["id"].tolist())
+
+
+def _controls() -> ProjectionParams:
+    cols = st.columns([1.2, 0.8, 1.5, 1.5, 1.2])
+    method = cols[0].radio("Method", ["UMAP", "PCA"], horizontal=True, key="explorer_method",
+                           help="PCA is instant and linear; UMAP shows local structure but takes longer "
+                                "the first time.")
+    three_d = cols[1].toggle("3-D", key="explorer_3d")
+    umap_off = method == "PCA"
+    n_neighbors = cols[2].slider("n_neighbors", 2, 100, 15, key="explorer_neighbors", disabled=umap_off,
+                                 help="Small: local detail; large: global layout. Lowered automatically below n - 1.")
+    min_dist = cols[3].slider("min_dist", 0.0, 0.99, 0.1, step=0.01, key="explorer_min_dist", disabled=umap_off,
+                              help="How tightly UMAP packs similar points.")
+    metric = cols[4].selectbox("metric", METRICS, key="explorer_metric", disabled=umap_off)
+    return ProjectionParams(method=method.lower(), n_components=3 if three_d else 2, n_neighbors=n_neighbors,
+                            min_dist=min_dist, metric=metric)
+
+
+def _figure(df: pd.DataFrame, dims: int, query_xy: np.ndarray | None, neighbour_ids: list[int]) -> go.Figure:
+    hover = {"diameter": ":.1f", "source_filename": True, "id": True, "manufacturer": False, "model": False,
+             "x": False, "y": False}
+    common = dict(color="manufacturer", symbol="model", hover_name="label", custom_data=["id"],
+                  color_discrete_sequence=COLOURS, labels={"source_filename": "file", "diameter": "diameter (mm)"})
+    if dims == 3:
+        fig = px.scatter_3d(df, x="x", y="y", z="z", hover_data={**hover, "z": False}, symbol_sequence=SYMBOLS_3D,
+                            **common)
+        fig.update_traces(marker_size=4)
+    else:
+        fig = px.scatter(df, x="x", y="y", hover_data=hover, **common)
+        fig.update_traces(marker_size=9)
+    ring = df[df["id"].isin(neighbour_ids)]
+    if len(ring):
+        trace = go.Scatter3d if dims == 3 else go.Scatter
+        xyz = {"x": ring["x"], "y": ring["y"], **({"z": ring["z"]} if dims == 3 else {})}
+        fig.add_trace(trace(**xyz, mode="markers", name="query's neighbours", customdata=ring[["id"]].to_numpy(),
+                            hovertext=ring["label"], hoverinfo="text",
+                            marker=dict(symbol="circle-open", size=14 if dims == 2 else 8, color="black",
+                                        line=dict(width=2, color="black"))))
+    if query_xy is not None:
+        trace = go.Scatter3d if dims == 3 else go.Scatter
+        xyz = {"x": [query_xy[0]], "y": [query_xy[1]], **({"z": [query_xy[2]]} if dims == 3 else {})}
+        fig.add_trace(trace(**xyz, mode="markers", name="query", hovertext=["uploaded X-ray"], hoverinfo="text",
+                            marker=dict(symbol="diamond" if dims == 3 else "star", size=10 if dims == 3 else 20,
+                                        color="red", line=dict(width=1, color="black"))))
+    fig.update_layout(height=640, legend=dict(itemsizing="constant"), margin=dict(l=10, r=10, t=30, b=10))
+    return fig
+
+
+def _show_references(df: pd.DataFrame, ids: list[int]) -> None:
+    rows = df.set_index("id")
+    for ref_id in ids[:MAX_SHOWN]:
+        if ref_id not in rows.index:
+            continue
+        r = rows.loc[ref_id]
+        caption = f"#{ref_id} · {r['label']} · {r['diameter']:.1f} mm · {r['source_filename']}"
+        try:
+            st.image(_thumbnail(r["object_key"]), caption=caption)
+        except RaioxError as exc:  # the image is missing or unreadable: the label is still useful
+            st.caption(f"{caption} (no preview: {exc})")
+    if len(ids) > MAX_SHOWN:
+        st.caption(f"Showing {MAX_SHOWN} of {len(ids)} selected points.")
+
+
+def _confusion_heatmap(cm: pd.DataFrame, title: str) -> None:
+    if len(cm) > MAX_CONFUSION_LABELS:
+        errors = cm.sum(axis=1) - np.diag(cm) + cm.sum(axis=0) - np.diag(cm)
+        keep = errors.sort_values(ascending=False).index[:MAX_CONFUSION_LABELS]
+        keep = [label for label in cm.index if label in set(keep)]
+        cm = cm.loc[keep, keep]
+        st.caption(f"The {MAX_CONFUSION_LABELS} labels with the most confusions of {len(errors)}.")
+    fig = px.imshow(cm, text_auto=True, color_continuous_scale="Blues", aspect="auto",
+                    labels=dict(x="predicted (nearest other reference)", y="true", color="references"), title=title)
+    fig.update_layout(height=max(320, 28 * len(cm) + 160), margin=dict(l=10, r=10, t=40, b=10))
+    st.plotly_chart(fig, width="stretch")
+
+
+st.title("Embedding explorer")
+settings = get_settings()
+model_id = model_id_for(settings.model, settings.pretrained)  # no need to load the model to draw the map
+st.caption(f"How the reference implants cluster in the vector space of `{model_id}`. Only this model's vectors "
+           "are shown; each point is one reference.")
+
+try:
+    labels, vectors = cached_embeddings(model_id)
+except RaioxError as exc:
+    show_error(exc)
+    st.stop()
+
+if len(labels) < MIN_REFERENCES:
+    st.info(
+        f"The explorer needs at least {MIN_REFERENCES} references with `{model_id}` vectors; there "
+        f"{'is' if len(labels) == 1 else 'are'} {len(labels)}. Add labelled X-rays on the **Ingest** page (staff) "
+        "or with `raiox ingest PATH…`; `raiox demo --no-app` seeds a synthetic set, and `raiox reembed` computes "
+        "this model's vectors for references stored under another model."
+    )
+    st.stop()
+
+params = _controls()
+progress = _Progress()
+try:
+    projection = cached_projection(settings.data_dir / "projections", model_id, ids=labels["id"].to_numpy(),
+                                   vectors=vectors, params=params, progress=progress)
+except RaioxError as exc:
+    show_error(exc)
+    st.stop()
+progress.done(f"{projection.method.upper()} map of {len(labels)} references computed in {projection.seconds:.1f} s "
+              "and cached.")
+
+df = projection_frame(projection, labels, extra=["source_filename", "object_key"])
+df["label"] = df["manufacturer"] + " " + df["model"]
+dims = projection.n_components
+info = f"{projection.method.upper()} · {len(df)} references · {df['manufacturer'].nunique()} manufacturers · " \
+       f"{df['label'].nunique()} models"
+if projection.method == "umap":
+    info += f" · n_neighbors={projection.n_neighbors}, min_dist={params.min_dist:g}, metric={params.metric}"
+st.caption(info + (" · loaded from cache" if projection.source != "computed" else ""))
+if projection.note:
+    st.info(projection.note)
+
+map_col, side_col = st.columns([3, 1])
+
+with side_col:
+    st.markdown("**Place an X-ray on the map**")
+    upload = st.file_uploader("Query X-ray", key="explorer_query", label_visibility="collapsed",
+                              help="Projected onto the existing map (no refit); its nearest references are ringed.")
+    k = st.slider("Neighbours to ring", 1, 20, 5, key="explorer_k")
+    query_xy, neighbour_ids = None, []
+    if upload is not None:
+        try:
+            query_vector, query_thumb = _embed_query(upload.getvalue(), model_id)
+            neighbours = get_db().search(query_vector, model_id, k=k)
+            with st.spinner("Placing the X-ray on the map…"):
+                query_xy = projection.transform(query_vector)[0]
+        except RaioxError as exc:
+            show_error(exc)
+        else:
+            neighbour_ids = [n["id"] for n in neighbours]
+            st.image(query_thumb, caption=upload.name)
+            st.dataframe(
+                pd.DataFrame([{"reference": f"{n['manufacturer']} {n['model']}", "mm": n["diameter_mm"],
+                               "similarity": round(float(n["similarity"]), 3), "id": n["id"]} for n in neighbours]),
+                hide_index=True, width="stretch",
+            )
+
+with map_col:
+    event = st.plotly_chart(_figure(df, dims, query_xy, neighbour_ids), width="stretch", key="explorer_map",
+                            on_select="rerun", selection_mode=("points", "box", "lasso"))
+    st.download_button(
+        "Download the map as CSV", df[["id", "manufacturer", "model", "diameter", *["x", "y", "z"][:dims]]]
+        .to_csv(index=False).encode(), file_name=f"raiox-{projection.method}-{dims}d.csv", mime="text/csv",
+        key="explorer_download",
+    )
+
+with side_col:
+    st.markdown("**Selected references**")
+    points = event["selection"]["points"] if event else []
+    selected = [int(p["customdata"][0]) for p in points if p.get("customdata")]  # the query star has none
+    selected = list(dict.fromkeys(selected))  # a neighbour ring duplicates its point
+    picked = st.selectbox(
+        "Pick a reference", df["id"].tolist(), index=None, key="explorer_pick",
+        format_func=lambda i: f"#{i} · {df.set_index('id').at[i, 'label']}", placeholder="or select points on the map",
+    )
+    shown = selected or ([picked] if picked is not None else [])
+    if shown:
+        _show_references(df, shown)
+    else:
+        st.caption("Click, box- or lasso-select points on the 2-D map, or pick a reference above.")
+
+st.divider()
+st.subheader("Cluster quality")
+st.caption(
+    "Computed on the full vectors, not the map. For each reference, the others are ranked by cosine similarity "
+    f"(leave-one-out): **top-1** = its nearest other reference has the same manufacturer; **top-{TOP_K}** = the "
+    f"manufacturer appears among its {TOP_K} nearest. **Cohesion** = mean cosine distance within the manufacturer "
+    "(lower is tighter), **separation** = mean cosine distance to the other manufacturers (higher is better), "
+    "**silhouette** from -1 to 1 (higher: better separated). `*_model` columns score the exact model."
+)
+try:
+    evaluation = _evaluation(model_id, vectors_digest(labels["id"].to_numpy(), vectors),
+                             labels[["id", "manufacturer", "model"]], vectors)
+except RaioxError as exc:
+    show_error(exc)
+    st.stop()
+
+overall = evaluation.overall
+cols = st.columns(4)
+cols[0].metric("Manufacturer top-1", f"{overall['top1_manufacturer']:.0%}")
+cols[1].metric(f"Manufacturer top-{TOP_K}", f"{overall[f'top{TOP_K}_manufacturer']:.0%}")
+cols[2].metric("Model top-1", f"{overall['top1_model']:.0%}")
+cols[3].metric(f"Model top-{TOP_K}", f"{overall[f'top{TOP_K}_model']:.0%}")
+
+share = st.column_config.NumberColumn(format="percent")
+three = st.column_config.NumberColumn(format="%.3f")
+st.dataframe(
+    evaluation.by_manufacturer, hide_index=True, width="stretch", key="explorer_quality",
+    column_config={"cohesion": three, "separation": three, "silhouette": three, "top1": share,
+                   f"top{TOP_K}": share, "top1_model": share, f"top{TOP_K}_model": share},
+)
+with st.expander("Per model"):
+    st.dataframe(evaluation.by_model, hide_index=True, width="stretch",
+                 column_config={"cohesion": three, "separation": three, "silhouette": three, "top1": share,
+                                f"top{TOP_K}": share})
+
+tab_m, tab_l = st.tabs(["Confusion: manufacturer", "Confusion: model"])
+with tab_m:
+    _confusion_heatmap(evaluation.confusion_manufacturer, "Manufacturer of the nearest other reference")
+with tab_l:
+    _confusion_heatmap(evaluation.confusion_model, "Model of the nearest other reference")

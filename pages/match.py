@@ -1,0 +1,173 @@
+"""Match an X-ray: upload, straighten and crop, see the most similar labelled references, compare, give feedback."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+from PIL import Image
+
+from app.resources import cached_stats, get_db, get_embedder, get_limits, get_settings, get_storage
+from app.widgets import DISCLAIMER, session_memo, show_error, untrained_warning
+from raiox_core.compare import adjust, compare
+from raiox_core.db import Filters
+from raiox_core.errors import RaioxError
+from raiox_core.images import prepare_image, thumbnail_png
+from raiox_core.match import match_image
+
+ANY = "Any"
+
+
+# References are not patient data and their keys are content hashes, so a process-wide cache is safe.
+@st.cache_data(max_entries=64, show_spinner=False)
+def reference_png(object_key: str) -> bytes:
+    return get_storage().get(object_key)
+
+
+@st.cache_data(max_entries=1024, show_spinner=False)
+def reference_thumbnail(object_key: str) -> bytes:
+    return thumbnail_png(reference_png(object_key), side=200)
+
+
+def vote_chart(shares, title: str, threshold: float | None = None):
+    top = shares[:8]
+    fig = px.bar(x=[s.probability for s in top], y=[s.label for s in top], orientation="h", title=title,
+                 labels={"x": "share of the vote", "y": ""}, range_x=[0, 1])
+    fig.update_layout(yaxis={"autorange": "reversed"}, height=120 + 32 * len(top), margin={"t": 40, "b": 10})
+    fig.update_xaxes(tickformat=".0%")
+    if threshold is not None:
+        fig.add_vline(x=threshold, line_dash="dash", annotation_text="confidence threshold")
+    return fig
+
+
+st.title("Match an X-ray")
+st.caption("No patient data is asked for or kept: only a hash of the normalised image is logged, never the "
+           f"file or its name. {DISCLAIMER}")
+untrained_warning()
+
+try:
+    stats = cached_stats()
+except RaioxError as exc:
+    show_error(exc)
+    st.stop()
+if not stats["references"]:
+    st.info("There are no reference implants to compare with yet. Staff can add labelled X-rays on the "
+            "**Ingest** page, or load the synthetic demo set with `raiox demo`.")
+    st.stop()
+
+# type=None: a DICOM often has no extension, and the core reads the real format from the bytes anyway.
+upload = st.file_uploader("X-ray of one implant", type=None, key="match_upload",
+                          help="JPEG, PNG, TIFF, BMP, GIF, WebP or DICOM (with or without .dcm).")
+if upload is None:
+    # Removing the file forgets the X-ray and its result too: nothing of it outlives its use.
+    for name in ("match_original", "match_result"):
+        st.session_state.pop(name, None)
+    st.stop()
+
+settings = get_settings()
+controls, preview = st.columns(2)
+with controls:
+    quarter = st.radio("Rotate (clockwise)", [0, 90, 180, 270], format_func=lambda d: f"{d}°", horizontal=True,
+                       key="match_rotate")
+    fine = st.slider("Fine rotation (°, clockwise)", -20.0, 20.0, 0.0, 0.5, key="match_fine")
+    xs = st.slider("Keep horizontally (% of the width)", 0, 100, (0, 100), key="match_crop_x")
+    ys = st.slider("Keep vertically (% of the height)", 0, 100, (0, 100), key="match_crop_y")
+    k = st.slider("References to show (k)", 1, 10, 3, key="match_k")
+    manufacturer = st.selectbox("Manufacturer", [ANY, *sorted(stats["by_manufacturer"])], key="match_manufacturer")
+
+try:
+    # Decoded once per upload; the adjusted query is cheap to redo from the normalised 512 px image.
+    original = session_memo("match_original", upload.file_id, lambda: prepare_image(upload.getvalue(), get_limits()))
+    query = adjust(original, quarter + fine, (xs[0] / 100, ys[0] / 100, xs[1] / 100, ys[1] / 100))
+except RaioxError as exc:
+    show_error(exc)
+    st.stop()
+with preview:
+    st.image(query.image, caption="What the model sees (normalised)", width=360)
+
+filters = Filters(manufacturer=None if manufacturer == ANY else manufacturer)
+
+
+def run_match():
+    with st.spinner("Comparing with the references…"):
+        return match_image(query, db=get_db(), embedder=get_embedder(), threshold=settings.match_threshold,
+                           k=k, filters=filters)
+
+
+try:
+    # Keyed on the query's pixels and the search parameters: feedback clicks and choosing a match to
+    # compare rerun the script but neither re-embed nor log a second request.
+    result = session_memo("match_result", (query.sha256, k, filters, settings.match_threshold), run_match)
+except RaioxError as exc:
+    show_error(exc)
+    st.stop()
+if not result.matches:
+    st.info("No reference has an embedding for this model and filter yet: try another manufacturer, or ask "
+            "staff to run `raiox reembed`.")
+    st.stop()
+
+if result.confident:
+    st.success(f"Leading answer: **{result.answer}** ({result.confidence:.0%} of the vote for "
+               f"{result.manufacturer_vote[0].label}).")
+else:
+    st.warning(f"**No confident match**: the leading manufacturer has {result.confidence:.0%} of the vote, "
+               f"below the {settings.match_threshold:.0%} needed. Compare the candidates yourself.")
+chart_left, chart_right = st.columns(2)
+chart_left.plotly_chart(vote_chart(result.manufacturer_vote, "Manufacturer", settings.match_threshold))
+chart_right.plotly_chart(vote_chart(result.model_vote, "Model"))
+
+st.subheader("Most similar references")
+for start in range(0, len(result.matches), 5):
+    for rank, (col, m) in enumerate(zip(st.columns(5), result.matches[start:start + 5]), start=start + 1):
+        with col, st.container(border=True):
+            try:
+                st.image(reference_thumbnail(m.object_key), width=200)
+            except RaioxError as exc:
+                st.caption(f"Image unavailable: {exc}")
+            st.markdown(f"**{rank}. {m.manufacturer} {m.model}**  \nØ {m.diameter_mm:g} mm")
+            st.metric("Similarity", f"{m.similarity:.1%}")
+            if m.source == "synthetic":
+                st.markdown(":orange-background[Synthetic reference]")
+
+st.subheader("Compare side by side")
+pick = st.selectbox("Reference", range(len(result.matches)), key="match_compare",
+                    format_func=lambda i: f"{i + 1}. {result.matches[i].label} Ø {result.matches[i].diameter_mm:g} mm")
+chosen = result.matches[pick]
+try:
+    reference = Image.open(io.BytesIO(reference_png(chosen.object_key)))
+except RaioxError as exc:
+    show_error(exc)
+else:
+    comparison = compare(query.image, reference)
+    left, middle, right = st.columns(3)
+    left.image(query.image, caption="Query", width=300)
+    middle.image(reference, caption=f"{chosen.label} Ø {chosen.diameter_mm:g} mm", width=300)
+    right.plotly_chart(px.imshow(comparison.diff, color_continuous_scale="inferno", zmin=0, zmax=255,
+                                 title="Absolute difference"))
+    st.metric("SSIM", f"{comparison.ssim:.3f}", help="Structural similarity of the pixels: 1.000 means identical.")
+
+st.subheader("Feedback")
+with st.form("match_feedback"):
+    verdict = st.radio(f"The top match, {result.matches[0].label}, is", ["correct", "wrong"], index=None,
+                       horizontal=True, key="match_verdict")
+    right_answer = st.text_input("The right answer (optional)", max_chars=200, key="match_right_answer")
+    if st.form_submit_button("Save feedback"):
+        if verdict is None:
+            st.warning("Choose correct or wrong first.")
+        else:
+            try:
+                get_db().set_feedback(result.log_id, verdict, right_answer.strip() or None)
+            except RaioxError as exc:
+                show_error(exc)
+            else:
+                st.success(f"Thank you: your feedback on match #{result.log_id} is saved.")
+
+data = result.to_json()
+table = pd.DataFrame(data["matches"]).rename_axis("rank").reset_index()
+table["rank"] += 1
+csv_col, json_col = st.columns(2)
+csv_col.download_button("Download CSV", table.to_csv(index=False), "raiox-match.csv", "text/csv")
+json_col.download_button("Download JSON", json.dumps(data, indent=2), "raiox-match.json", "application/json")

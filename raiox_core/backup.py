@@ -1,0 +1,333 @@
+"""Backup and restore: references, their vectors (every model_id) and images in one portable zip archive.
+
+Archive layout (format "raiox-backup", version 1), readable with any zip tool, json and numpy:
+  manifest.json        format, version, created_at, counts, and one entry per model_id
+  references.jsonl     one reference per line: labels, file name, sha256, size, source; line n is reference n
+  vectors/NNN.npy      float32 (count, dim) of one model_id; vectors/NNN.refs.npy: int32 line numbers
+  images/<sha256>.png  the stored, normalised image
+No pg_dump and no database ids: restore works into the embedded or an external PostgreSQL, any storage,
+and assigns new ids. Restore follows ingestion's rules: per reference, the row and all its vectors are
+committed only after its image (checked against its sha256) is stored; references already present are
+skipped, so running it again changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+import zipfile
+import zlib
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+from psycopg.rows import dict_row
+
+from .db import Database, DuplicateReference, Filters, named_queries
+from .errors import RaioxError, StorageError
+from .images import NORMALISED_SIDE, _encode_png, _pixel_hash  # the exact hash and clean encoding ingestion uses
+from .storage import Storage, reference_key
+
+log = logging.getLogger(__name__)
+Progress = Callable[[int, int, str], None]  # (done, total, stage)
+
+FORMAT, VERSION = "raiox-backup", 1
+MANIFEST, REFERENCES = "manifest.json", "references.jsonl"
+SOURCES = ("upload", "synthetic", "restore")  # the schema's CHECK on reference_implants.source
+MAX_DIM = 16_000  # pgvector's limit
+# Members are read whole: cap their declared sizes (zipfile never inflates past them), so that a hostile
+# archive cannot fill memory. A normalised 512x512 grey PNG is well under 1 MB even when incompressible.
+MAX_IMAGE_BYTES, MAX_MEMBER_BYTES = 8 << 20, 4 << 30
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_TEXT_FIELDS = ("manufacturer", "model", "source_filename", "source")
+
+
+class BackupError(RaioxError):
+    """An archive cannot be written, or is not a readable Raiox backup; the message says why."""
+
+
+def _image_member(sha256: str) -> str:
+    return f"images/{sha256}.png"
+
+
+def _vector(value) -> np.ndarray:
+    return np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value, dtype=np.float32)
+
+
+# -- backup ---------------------------------------------------------------------------------------
+
+
+def _snapshot(db: Database) -> tuple[list[dict], dict[str, list[dict]]]:
+    """All references and every model's vectors, read in one REPEATABLE READ transaction (a consistent cut)."""
+    queries = named_queries()
+    with db.connection() as conn:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        cur = conn.cursor(row_factory=dict_row)
+        cur.execute(queries["list-references"], {**Filters().params(), "limit": None, "offset": 0})
+        references = cur.fetchall()
+        model_ids = [r["model_id"] for r in cur.execute(queries["count-by-model-id"]).fetchall()]
+        vectors = {m: cur.execute(queries["embeddings-for-model"], {"model_id": m}).fetchall() for m in model_ids}
+    return references, vectors
+
+
+def backup(db: Database, storage: Storage, path: Path, progress: Progress | None = None) -> dict:
+    """Write every reference, its vectors and its image to the zip archive `path`.
+
+    The archive is written beside `path` and renamed into place at the end, so a failed backup never
+    leaves a partial file under that name. Returns {"references": n, "vectors": m}.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise BackupError(f"{path} is a folder; give a file name for the backup, e.g. raiox-backup.zip.")
+    references, by_model = _snapshot(db)
+    line_of = {r["id"]: n for n, r in enumerate(references)}
+    total = len(references)
+    if progress:
+        progress(0, total, "images")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise BackupError(f"Cannot write {path}: {exc.strerror or exc}.") from None
+    try:
+        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as archive:
+            models = []
+            for number, (model_id, rows) in enumerate(sorted(by_model.items())):
+                matrix = np.stack([_vector(r["embedding"]) for r in rows])
+                refs = np.array([line_of[r["id"]] for r in rows], dtype=np.int32)
+                entry = {"model_id": model_id, "dim": int(matrix.shape[1]), "count": len(rows),
+                         "vectors": f"vectors/{number:03d}.npy", "refs": f"vectors/{number:03d}.refs.npy"}
+                archive.writestr(entry["vectors"], _npy(matrix))
+                archive.writestr(entry["refs"], _npy(refs))
+                models.append(entry)
+            archive.writestr(REFERENCES, "".join(json.dumps(_record(r), ensure_ascii=False) + "\n" for r in references))
+            for done, ref in enumerate(references, 1):
+                # Checked on the way out too: a corrupt stored image is found now, not at restore time.
+                png = _verified_png(storage.get(ref["object_key"]), ref["sha256"], f"storage ({ref['object_key']})")
+                archive.writestr(_image_member(ref["sha256"]), png, zipfile.ZIP_STORED)  # PNG: compressed already
+                if progress:
+                    progress(done, total, "images")
+            counts = {"references": total, "vectors": sum(m["count"] for m in models)}
+            manifest = {"format": FORMAT, "version": VERSION, "created_at": datetime.now(timezone.utc).isoformat(),
+                        "counts": counts, "models": models}
+            archive.writestr(MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False))
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise BackupError(f"Cannot write {path}: {exc.strerror or exc}.") from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # gone already after a successful rename
+    if progress:
+        progress(total, total, "done")
+    return counts
+
+
+def _record(ref: dict) -> dict:
+    return {
+        "sha256": ref["sha256"], "manufacturer": ref["manufacturer"], "model": ref["model"],
+        "diameter_mm": float(ref["diameter_mm"]), "source_filename": ref["source_filename"],
+        "width": ref["width"], "height": ref["height"], "source": ref["source"],
+        "created_at": ref["created_at"].isoformat(),  # for the record; restored rows get the restore time
+    }
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _verified_png(png: bytes, sha256: str, where: str) -> bytes:
+    """The normalised image re-encoded without any metadata, after checking its pixels hash to `sha256`."""
+    try:
+        with Image.open(io.BytesIO(png), formats=["PNG"]) as img:
+            # Stored images are square 8-bit grey of at most NORMALISED_SIDE: anything else is not one of ours,
+            # and checking the header first keeps a hostile archive from making us decode a huge image.
+            if img.mode != "L" or img.width != img.height or not 0 < img.width <= NORMALISED_SIDE:
+                raise ValueError("not a normalised image")
+            img.load()
+            matches = _pixel_hash(img) == sha256
+            clean = _encode_png(img)
+    except Exception:  # untrusted bytes: PIL raises many types
+        matches = False
+    if not matches:
+        raise BackupError(f"The image of reference {sha256[:12]} in {where} is damaged: it does not match its checksum.")
+    return clean
+
+
+# -- restore --------------------------------------------------------------------------------------
+
+
+def restore(db: Database, storage: Storage, path: Path, progress: Progress | None = None) -> dict:
+    """Load an archive written by `backup`; returns {"restored": n, "skipped": m} (m: already present).
+
+    The whole archive is checked (manifest, records, vectors, zip checksums) before anything is written.
+    Then each reference is restored all or nothing; a failure stops the restore with a one-sentence
+    error, and running it again resumes where it stopped.
+    """
+    path = Path(path)
+    with _open_archive(path) as archive:
+        name = path.name
+        references, vectors = _read_archive(archive, name)
+        total, restored, skipped = len(references), 0, 0
+        if progress:
+            progress(0, total, "restoring")
+        for start in range(0, total, 256):
+            chunk = references[start : start + 256]
+            known = db.existing([r["sha256"] for r in chunk])
+            for number, record in enumerate(chunk, start):
+                if record["sha256"] in known:
+                    skipped += 1
+                    continue
+                png = _verified_png(archive.read(_image_member(record["sha256"])), record["sha256"], name)
+                if _restore_one(db, storage, record, vectors[number], png):
+                    restored += 1
+                else:
+                    skipped += 1  # restored meanwhile by someone else
+            if progress:
+                progress(start + len(chunk), total, "restoring" if start + len(chunk) < total else "done")
+    return {"restored": restored, "skipped": skipped}
+
+
+def _restore_one(db: Database, storage: Storage, record: dict, vectors: dict[str, np.ndarray], png: bytes) -> bool:
+    """Row + vectors + image of one reference, all or nothing (ingestion's rule); False if already present."""
+    key = reference_key(record["sha256"])
+    row = {f: record[f] for f in ("manufacturer", "model", "diameter_mm", "source_filename", "sha256", "width",
+                                  "height", "source")} | {"object_key": key}
+    (model_id, vector), *more = vectors.items()
+    stored = False
+    try:
+        with db.inserting(row, vector, model_id, dict(more)):
+            storage.put(key, png)
+            stored = True
+    except DuplicateReference:
+        return False
+    except BaseException:
+        if stored:  # the commit failed after the image was written: take it back
+            try:
+                storage.delete(key)
+            except StorageError:
+                log.error("Could not remove %s after a failed commit; `raiox doctor --repair` will.", key)
+        raise
+    return True
+
+
+@contextlib.contextmanager
+def _open_archive(path: Path):
+    if not path.is_file():
+        raise BackupError(f"{path} does not exist or is not a file.")
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise BackupError(f"{path.name} is not a Raiox backup: it is not a readable zip archive.") from None
+    with archive:
+        try:
+            yield archive
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            # Only reachable if the file changes under us: testzip() checked every member first.
+            raise BackupError(f"{path.name} could not be read ({type(exc).__name__}); is it complete?") from None
+
+
+def _read_archive(archive: zipfile.ZipFile, name: str) -> tuple[list[dict], list[dict[str, np.ndarray]]]:
+    """Validated references and, per reference, {model_id: vector}; BackupError naming the first problem."""
+
+    def damaged(detail: str) -> BackupError:
+        return BackupError(f"{name} is damaged: {detail}.")
+
+    members = set(archive.namelist())
+    if MANIFEST not in members:
+        raise BackupError(f"{name} is not a Raiox backup: it has no {MANIFEST}.")
+    try:
+        manifest = json.loads(archive.read(MANIFEST))
+    except (ValueError, zipfile.BadZipFile, EOFError, zlib.error):
+        raise damaged(f"its {MANIFEST} cannot be read") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BackupError(f"{name} is not a Raiox backup: its {MANIFEST} is of another format.")
+    if manifest.get("version") != VERSION:
+        raise BackupError(f"{name} is a Raiox backup of format version {manifest.get('version')!r}; "
+                          f"this Raiox reads version {VERSION}.")
+    for info in archive.infolist():
+        if info.file_size > (MAX_IMAGE_BYTES if info.filename.startswith("images/") else MAX_MEMBER_BYTES):
+            raise damaged(f"{info.filename[:80]!r} is implausibly large")
+    bad = archive.testzip()  # every member's CRC, before anything is written
+    if bad is not None:
+        raise damaged(f"{bad[:80]!r} is corrupt")
+    if REFERENCES not in members:
+        raise damaged(f"{REFERENCES} is missing")
+    try:
+        lines = archive.read(REFERENCES).decode("utf-8").splitlines()
+        references = [_check_record(json.loads(line)) for line in lines if line.strip()]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise damaged(f"a record in {REFERENCES} is invalid ({exc})") from None
+    counts = manifest.get("counts") if isinstance(manifest.get("counts"), dict) else {}
+    if counts.get("references") != len(references):
+        raise damaged(f"{MANIFEST} counts {counts.get('references')!r} references, {REFERENCES} holds {len(references)}")
+    if len({r["sha256"] for r in references}) != len(references):
+        raise damaged("it lists the same image twice")
+    missing = [r["sha256"] for r in references if _image_member(r["sha256"]) not in members]
+    if missing:
+        raise damaged(f"the image of reference {missing[0][:12]} is missing")
+    vectors: list[dict[str, np.ndarray]] = [{} for _ in references]
+    models = manifest.get("models")
+    if not isinstance(models, list):
+        raise damaged(f"{MANIFEST} has no list of models")
+    for entry in models:
+        model_id, matrix, refs = _read_model(archive, entry, len(references), damaged)
+        for line, vector in zip(refs.tolist(), matrix):
+            vectors[line][model_id] = vector
+    if sum(len(v) for v in vectors) != counts.get("vectors"):
+        raise damaged(f"{MANIFEST} counts {counts.get('vectors')!r} vectors, the archive holds {sum(len(v) for v in vectors)}")
+    without = [r["sha256"] for r, v in zip(references, vectors) if not v]
+    if without:
+        raise damaged(f"reference {without[0][:12]} has no vector")
+    return references, vectors
+
+
+def _check_record(record) -> dict:
+    """One references.jsonl line, with the types and ranges the database will accept; ValueError otherwise."""
+    if not isinstance(record, dict):
+        raise ValueError("not an object")
+    sha = record["sha256"]
+    if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+        raise ValueError("sha256 is not 64 lowercase hex digits")
+    for field in _TEXT_FIELDS:
+        value = record[field]
+        if not isinstance(value, str) or "\x00" in value:  # PostgreSQL text cannot hold NUL
+            raise ValueError(f"{field} is not a text")
+        if field != "source_filename" and not value.strip():
+            raise ValueError(f"{field} is empty")
+    if record["source"] not in SOURCES:
+        raise ValueError(f"source {record['source']!r} is not one of {', '.join(SOURCES)}")
+    diameter = record["diameter_mm"]
+    if isinstance(diameter, bool) or not isinstance(diameter, (int, float)) or not 0 < diameter < math.inf:
+        raise ValueError("diameter_mm is not a positive number")
+    for field in ("width", "height"):
+        if isinstance(record[field], bool) or not isinstance(record[field], int) or record[field] <= 0:
+            raise ValueError(f"{field} is not a positive whole number")
+    return record
+
+
+def _read_model(archive: zipfile.ZipFile, entry, n_references: int, damaged) -> tuple[str, np.ndarray, np.ndarray]:
+    """(model_id, float32 (count, dim) matrix, line numbers) of one manifest model entry, checked."""
+    try:
+        model_id, dim, count = entry["model_id"], entry["dim"], entry["count"]
+        matrix = np.load(io.BytesIO(archive.read(entry["vectors"])), allow_pickle=False)
+        refs = np.load(io.BytesIO(archive.read(entry["refs"])), allow_pickle=False)
+    except (KeyError, TypeError, ValueError, OSError, zipfile.BadZipFile):
+        raise damaged("a model entry or its vector files cannot be read") from None
+    if not isinstance(model_id, str) or not model_id or not isinstance(dim, int) or not 0 < dim <= MAX_DIM:
+        raise damaged("a model entry has no valid model_id or dimension")
+    if matrix.dtype.kind != "f" or matrix.shape != (count, dim) or not np.isfinite(matrix).all():
+        raise damaged(f"the vectors of {model_id} are not {count} finite {dim}-dimensional vectors")
+    if refs.dtype.kind not in "iu" or refs.shape != (count,) or len(np.unique(refs)) != count or (
+        count and not (0 <= refs.min() and refs.max() < n_references)
+    ):
+        raise damaged(f"the vectors of {model_id} point to references that are not in the archive")
+    return model_id, matrix.astype(np.float32, copy=False), refs

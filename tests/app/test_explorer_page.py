@@ -1,0 +1,169 @@
+"""pages/explorer.py through AppTest: the map (PCA and one UMAP), picking, query placement, quality tables."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+
+from tests.app.conftest import page_test
+
+
+
+def manufacturers(report) -> set[str]:
+    """The canonical names the seeded demo set was stored under (Nobel Biocare, Straumann, ...)."""
+    found = {item.manufacturer for item in report.ingested}
+    assert len(found) == 4
+    return found
+
+
+@pytest.fixture(autouse=True)
+def fresh_projection_memory():
+    # The disk cache lives in each test's own data dir; the in-process layer must not leak across tests.
+    from raiox_core import projection
+
+    projection.clear_memory_cache()
+    yield
+    projection.clear_memory_cache()
+
+
+@pytest.fixture
+def downloads(monkeypatch):
+    """File name -> bytes of every st.download_button payload."""
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    captured: dict[str, bytes] = {}
+    original = MemoryMediaFileStorage.load_and_get_id
+
+    def capture(self, path_or_data, mimetype, kind, filename=None):
+        if filename:
+            captured[filename] = path_or_data
+        return original(self, path_or_data, mimetype, kind, filename)
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", capture)
+    return captured
+
+
+def explorer(method="PCA", three_d=False, timeout=120):
+    at = page_test("explorer", timeout=timeout)
+    at.session_state["explorer_method"] = method
+    at.session_state["explorer_3d"] = three_d
+    return at.run()
+
+
+def figure(at) -> dict:
+    charts = at.get("plotly_chart")
+    assert charts, "no plotly chart rendered"
+    return json.loads(charts[0].proto.spec)
+
+
+def values(array) -> np.ndarray:
+    """A plotly JSON array: plain lists, or plotly 6's {"dtype", "bdata"[, "shape"]} base64 encoding."""
+    if isinstance(array, dict) and "bdata" in array:
+        out = np.frombuffer(base64.b64decode(array["bdata"]), dtype=array["dtype"])
+        shape = array.get("shape")
+        return out.reshape([int(d) for d in str(shape).split(",")]) if shape else out
+    return np.asarray(array)
+
+
+def captions(at) -> str:
+    return "\n".join(c.value for c in at.caption)
+
+
+def quality_table(at):
+    for frame in at.dataframe:
+        df = frame.value
+        if {"manufacturer", "silhouette", "top1"} <= set(df.columns):
+            return df
+    raise AssertionError("no cluster quality table")
+
+
+def test_empty_database_explains_how_to_add_references(app_env):
+    at = page_test("explorer").run()
+    assert not at.exception
+    assert at.info and "at least 5 references" in at.info[0].value
+    assert not at.get("plotly_chart")
+
+
+def test_pca_map_quality_table_download_and_cache(seeded, downloads):
+    at = explorer("PCA")
+    assert not at.exception, at.exception
+    assert at.status and "computed" in at.status[0].label  # the progress box appears only when computing
+    assert "loaded from cache" not in captions(at)
+    spec = figure(at)
+    traces = spec["data"]
+    assert {t["type"] for t in traces} <= {"scatter", "scattergl"}
+    assert {t["legendgroup"].split(",")[0].strip() for t in traces} == manufacturers(seeded)  # colour = manufacturer
+    points = sum(len(values(t["x"])) for t in traces)
+    assert points == len(seeded.ingested)
+    # Hover names the reference; customdata carries its id for the selection.
+    first = traces[0]
+    assert "diameter" in first["hovertemplate"] and "file" in first["hovertemplate"]
+    ids = {int(row[0]) for t in traces for row in values(t["customdata"])}
+    assert ids == {r.id for r in seeded.ingested}
+
+    table = quality_table(at)
+    assert set(table["manufacturer"]) == manufacturers(seeded)
+    assert table["references"].sum() == len(seeded.ingested)
+    assert "PCA" in captions(at)
+    assert len(at.get("plotly_chart")) == 3  # the map and two confusion heat maps
+
+    (name,) = [n for n in downloads if n.endswith(".csv")]
+    rows = list(csv.DictReader(io.StringIO(downloads[name].decode())))
+    assert list(rows[0]) == ["id", "manufacturer", "model", "diameter", "x", "y"]
+    assert {int(r["id"]) for r in rows} == ids
+
+    at.run()  # a rerun (any widget change) reuses the map
+    assert not at.exception and not at.status and "loaded from cache" in captions(at)
+
+
+def test_3d_toggle_and_picking_a_reference_shows_its_thumbnail(seeded):
+    at = explorer("PCA", three_d=True)
+    assert not at.exception
+    assert {t["type"] for t in figure(at)["data"]} == {"scatter3d"}
+    target = seeded.ingested[3]
+    at.selectbox(key="explorer_pick").set_value(target.id).run()
+    assert not at.exception
+    images = at.get("image")
+    assert images, "no thumbnail shown"
+    assert target.file in str(images[0].proto)
+
+
+def test_uploaded_query_is_placed_on_the_map_with_its_neighbours(seeded):
+    from raiox_core.synthetic import demo_files
+
+    name, data = demo_files(per_diameter=1)[0]
+    at = explorer("PCA")
+    at.file_uploader(key="explorer_query").upload("query.png", data, "image/png")
+    at.slider(key="explorer_k").set_value(3)
+    at.run()
+    assert not at.exception, at.exception
+    traces = {t.get("name"): t for t in figure(at)["data"]}
+    assert "query" in traces and "query's neighbours" in traces
+    assert len(values(traces["query's neighbours"]["x"])) == 3
+    neighbours = [f.value for f in at.dataframe if "similarity" in f.value.columns][0]
+    # The query is a stored reference's own image: it is its own nearest neighbour, at similarity 1.
+    assert neighbours["similarity"].iloc[0] == pytest.approx(1.0, abs=1e-3)
+    assert neighbours["id"].iloc[0] == seeded.ingested[0].id
+
+    # Something that is not an image: one error sentence, and the map is still there.
+    at.file_uploader(key="explorer_query").set_value(("notes.txt", b"hello, not an image", "text/plain"))
+    at.run()
+    assert not at.exception and at.error
+    assert "query" not in {t.get("name") for t in figure(at)["data"]}
+
+
+def test_umap_map_of_the_seeded_set(seeded):
+    """The one page test that runs UMAP (the first UMAP in a process compiles for ~30-60 s)."""
+    at = explorer("UMAP", timeout=300)
+    assert not at.exception, at.exception
+    assert at.status and at.status[0].label.startswith("UMAP map of")
+    assert "UMAP" in captions(at) and "n_neighbors=15" in captions(at)
+    assert sum(len(values(t["x"])) for t in figure(at)["data"]) == len(seeded.ingested)
+    assert set(quality_table(at)["manufacturer"]) == manufacturers(seeded)
+    at.run()
+    assert not at.exception and "loaded from cache" in captions(at)

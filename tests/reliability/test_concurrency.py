@@ -1,0 +1,58 @@
+"""Concurrency: two `raiox ingest` processes on overlapping folders; 32 matches at once in one process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+from raiox_core.ingest import Source, ingest
+from raiox_core.match import match_bytes
+from raiox_core.storage import open_storage
+from tests.reliability.conftest import assert_consistent, labelled_pngs, raiox_command
+
+
+def test_two_processes_ingesting_overlapping_batches_store_each_image_once(cli_env, tmp_path, db, settings):
+    files = labelled_pngs(30, start=200)
+    folders = {"a": files[:20], "b": files[10:]}  # ten images in both
+    for folder, members in folders.items():
+        (tmp_path / folder).mkdir()
+        for name, data in members:
+            (tmp_path / folder / name).write_bytes(data)
+    procs = [subprocess.Popen(raiox_command("ingest", tmp_path / folder, "--json"), env=cli_env, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for folder in folders]
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0 and "Traceback" not in err, err
+    reports = [json.loads(out) for out, _ in outputs]
+
+    ingested = [i for r in reports for i in r["ingested"]]
+    assert len(ingested) == len(files) and not any(r["rejected"] for r in reports)
+    assert sum(len(r["duplicates"]) for r in reports) == 10
+    # Whichever process lost the race on an image reports the winner's id.
+    ids = {i["file"].split("/")[-1]: i["id"] for i in ingested}
+    for report in reports:
+        for dup in report["duplicates"]:
+            assert dup["id"] == ids[dup["file"].split("/")[-1]]
+    rows = assert_consistent(db, open_storage(settings.with_(data_dir=tmp_path / "data")))
+    assert sorted(r["source_filename"] for r in rows) == sorted(name for name, _ in files)
+
+
+def test_32_concurrent_matches_agree_with_sequential_ones(db, settings, embedder):
+    files = labelled_pngs(12, start=300)
+    storage = open_storage(settings)
+    ingest([Source.from_bytes(n, d) for n, d in files], db=db, storage=storage, embedder=embedder)
+    queries = [files[i % len(files)][1] for i in range(32)]
+
+    def match(data: bytes) -> dict:
+        result = match_bytes(data, db=db, embedder=embedder, threshold=0.6, k=5)
+        assert result.log_id is not None
+        return result.to_json()
+
+    sequential = [match(q) for q in queries]
+    with ThreadPoolExecutor(32) as pool:  # the session's embedder and the Database's pool, shared
+        concurrent = list(pool.map(match, queries))
+    assert concurrent == sequential  # ids, labels, similarities and votes, to the last digit
+    with db.connection() as conn:
+        assert conn.execute("SELECT count(*) FROM match_log").fetchone()[0] == 64
+
