@@ -44,8 +44,8 @@ def sidebar() -> None:
 
 
 def show_error(exc: RaioxError) -> None:
-    """A user's mistake or an unavailable service: one sentence, no traceback."""
-    st.error(str(exc))
+    """A user's mistake or an unavailable service: one sentence, no traceback; quoted names stay text."""
+    st.error(md_escape(exc))
 
 
 def session_memo(name: str, key, compute):

@@ -11,7 +11,7 @@ import streamlit as st
 from PIL import Image
 
 from app.resources import cached_stats, get_db, get_embedder, get_limits, get_settings, get_storage
-from app.widgets import DISCLAIMER, session_memo, show_error, untrained_warning
+from app.widgets import DISCLAIMER, md_escape, session_memo, show_error, untrained_warning
 from raiox_core.compare import adjust, compare
 from raiox_core.db import Filters
 from raiox_core.errors import RaioxError
@@ -127,7 +127,7 @@ for start in range(0, len(result.matches), 5):
                 st.image(reference_thumbnail(m.object_key), width=200)
             except RaioxError as exc:
                 st.caption(f"Image unavailable: {exc}")
-            st.markdown(f"**{rank}. {m.manufacturer} {m.model}**  \nØ {m.diameter_mm:g} mm")
+            st.markdown(f"**{rank}. {md_escape(m.label)}**  \nØ {m.diameter_mm:g} mm")
             st.metric("Similarity", f"{m.similarity:.1%}")
             if m.source == "synthetic":
                 st.markdown(":orange-background[Synthetic reference]")

@@ -69,8 +69,10 @@ def test_search_uses_the_per_model_hnsw_index(db):
     for i in range(20):
         insert(db, i, unit(rng))
     with db.connection() as conn:
-        names = [n for (n,) in conn.execute("SELECT indexname FROM pg_indexes WHERE indexdef ILIKE '%hnsw%'")]
-        defs = [d for (d,) in conn.execute("SELECT indexdef FROM pg_indexes WHERE indexdef ILIKE '%hnsw%'")]
+        # Other tests' models leave their own indexes: count only this model's.
+        defs = [d for (d,) in conn.execute("SELECT indexdef FROM pg_indexes WHERE indexdef ILIKE '%%hnsw%%'"
+                                           " AND indexdef LIKE %s", (f"%'{MODEL}'%",))]
+        names = defs
     assert len(names) == 1 and "m='16'" in defs[0].replace(" ", "") and "ef_construction='64'" in defs[0].replace(" ", "")
 
 
