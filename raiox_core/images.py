@@ -299,7 +299,7 @@ def _encode_png(image: Image.Image) -> bytes:
     # A fresh image from the raw pixels carries no info/EXIF/text from the source.
     clean = Image.frombytes(image.mode, image.size, image.tobytes())
     buf = io.BytesIO()
-    clean.save(buf, format="PNG")
+    clean.save(buf, format="PNG", compress_level=1)  # lossless either way; level 1 is ~2x faster to write
     return buf.getvalue()
 
 

@@ -221,11 +221,22 @@ def _store_one(candidate: _Candidate, vector, *, db: Database, storage: Storage,
         candidate.report.status, candidate.report.id = "duplicate", dup.reference_id
     except BaseException:
         if stored:  # the commit failed after the object was written: take the object back
-            try:
-                storage.delete(key)
-            except StorageError:
-                log.error("Could not remove %s after a failed commit; `raiox doctor --repair` will.", key)
+            _take_back(db, storage, key, image.sha256)
         raise
+
+
+def _take_back(db: Database, storage: Storage, key: str, sha256: str) -> None:
+    """Remove an object whose commit failed, unless the commit landed after all (its reply was lost).
+
+    When the database cannot tell, the object stays: an orphan is swept later (`raiox doctor --repair`,
+    or reused by the next ingestion of the image), a row without its image would be lost data.
+    """
+    try:
+        if db.existing([sha256]):
+            return
+        storage.delete(key)
+    except (StorageError, DatabaseUnavailable):
+        log.error("Could not remove %s after a failed commit; `raiox doctor --repair` will.", key)
 
 
 @dataclass
