@@ -49,6 +49,23 @@ def seeded(app_env, db):
     return report
 
 
+@pytest.fixture
+def downloads(monkeypatch):
+    """File name -> bytes of every st.download_button payload (AppTest keeps them in a per-run store)."""
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    captured: dict[str, bytes] = {}
+    original = MemoryMediaFileStorage.load_and_get_id
+
+    def capture(self, path_or_data, mimetype, kind, filename=None):
+        if filename:
+            captured[filename] = path_or_data
+        return original(self, path_or_data, mimetype, kind, filename)
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", capture)
+    return captured
+
+
 def page_test(name: str, timeout: float = 60):
     """An AppTest of one page script run through the real entrypoint's sidebar."""
     from streamlit.testing.v1 import AppTest

@@ -31,21 +31,6 @@ def fresh_projection_memory():
     projection.clear_memory_cache()
 
 
-@pytest.fixture
-def downloads(monkeypatch):
-    """File name -> bytes of every st.download_button payload."""
-    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
-
-    captured: dict[str, bytes] = {}
-    original = MemoryMediaFileStorage.load_and_get_id
-
-    def capture(self, path_or_data, mimetype, kind, filename=None):
-        if filename:
-            captured[filename] = path_or_data
-        return original(self, path_or_data, mimetype, kind, filename)
-
-    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", capture)
-    return captured
 
 
 def explorer(method="PCA", three_d=False, timeout=120):

@@ -36,21 +36,6 @@ def few_references(app_env, demo):
     return chosen
 
 
-@pytest.fixture
-def downloads(monkeypatch):
-    """File name -> bytes of every st.download_button payload (AppTest keeps them in a per-run store)."""
-    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
-
-    captured: dict[str, bytes] = {}
-    original = MemoryMediaFileStorage.load_and_get_id
-
-    def capture(self, path_or_data, mimetype, kind, filename=None):
-        if filename:
-            captured[filename] = path_or_data
-        return original(self, path_or_data, mimetype, kind, filename)
-
-    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", capture)
-    return captured
 
 
 def threshold(monkeypatch, value: str) -> None:

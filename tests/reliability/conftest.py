@@ -9,13 +9,11 @@ from __future__ import annotations
 import io
 import os
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import psycopg
 import pytest
 from PIL import Image
 
+from pngtools import png_chunk_types, png_with_header
 from raiox_core.images import _pixel_hash
 from raiox_core.ingest import LabelOverride, Source, sources_from_upload
 from raiox_core.storage import REFERENCE_PREFIX, LocalStorage, reference_key
@@ -65,14 +64,8 @@ def labelled_pngs(count: int, start: int = 0) -> list[tuple[str, bytes]]:
     return out
 
 
-def png_claiming(width: int, height: int) -> bytes:
-    """A hand-made PNG whose header claims width x height pixels, with a tiny body."""
+png_claiming = png_with_header
 
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def dicom_with_patient(seed: int) -> bytes:
@@ -224,13 +217,8 @@ def assert_no_personal_data(data: bytes | str, where: str) -> None:
         assert needle.encode() not in raw, f"{needle!r} found in {where}"
 
 
-def png_chunks(png: bytes) -> list[bytes]:
-    kinds, pos = [], 8
-    while pos < len(png):
-        (length,) = struct.unpack(">I", png[pos : pos + 4])
-        kinds.append(png[pos + 4 : pos + 8])
-        pos += 12 + length
-    return kinds
+png_chunks = png_chunk_types
+
 
 
 def assert_consistent(db, storage, model_ids=(MODEL_ID,)) -> list[dict]:
