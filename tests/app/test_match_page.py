@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import json
 
 import pytest
@@ -53,7 +54,8 @@ def upload(name: str, data: bytes, mime: str = "image/png"):
 
 
 def texts(elements) -> list[str]:
-    return [e.value for e in elements]
+    """What the user reads: the element's markdown with its backslash escapes resolved."""
+    return [re.sub(r"\\(.)", r"\1", e.value) for e in elements]
 
 
 def similarities(at) -> list[float]:
