@@ -58,7 +58,7 @@ class BenchEnv:
     def _open(cls, settings: Settings, root: Path, server) -> "BenchEnv":
         url = server.get_uri()
         migrate(url)
-        # The CPU path, always: the targets are for CPU, and int8 dynamic quantisation (encoder section) is CPU-only.
+        # The CPU path, always: the targets are for CPU, and the int8 encoder is CPU-only.
         bench_settings = settings.with_(data_dir=root / "data", database_url=url, storage_url=None, device="cpu")
         with psycopg.connect(url, autocommit=True) as conn:  # ALTER SYSTEM cannot run in a transaction
             conn.execute(f"ALTER SYSTEM SET maintenance_work_mem = '{BUILD_MAINTENANCE_WORK_MEM}'")
@@ -66,11 +66,11 @@ class BenchEnv:
         db = Database(url, description="bench PostgreSQL", max_size=4)
         notes = []
         try:
-            embedder = load_embedder(settings.model, settings.pretrained, bench_settings.device)
+            embedder = load_embedder(settings.model, settings.pretrained, bench_settings.device, settings.precision)
         except ModelLoadError as exc:
             # Untrained weights run at exactly the same speed, so the figures stay valid.
             notes.append(f"Weights {settings.pretrained!r} unavailable ({exc}); measured with untrained weights.")
-            embedder = load_embedder(settings.model, "none", bench_settings.device)
+            embedder = load_embedder(settings.model, "none", bench_settings.device, settings.precision)
             bench_settings = bench_settings.with_(pretrained="none")
         return cls(bench_settings, server, db, embedder, root, notes)
 

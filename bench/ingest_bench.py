@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from contextlib import nullcontext
 
 from raiox_core.images import ImageLimits, prepare_image
 from raiox_core.ingest import Source, ingest
@@ -13,8 +14,18 @@ from raiox_core.storage import reference_key
 from .env import BenchEnv
 
 
-def _old_way(files, env: BenchEnv, storage) -> int:
-    """As the old system did it: decode, one model call, one INSERT and one commit per image, in turn."""
+def _old_way(files, env: BenchEnv, storage, fp32: bool = True) -> int:
+    """As the old system did it: decode, one model call, one INSERT and one commit per image, in turn.
+
+    fp32 (the old system's encoder) by default; fp32=False keeps the current encoder, which separates
+    what batching and overlap bring from what the int8 encoder brings.
+    """
+    embedder = env.embedder
+    with embedder.fp32() if fp32 else nullcontext():
+        return _one_at_a_time(files, env, storage)
+
+
+def _one_at_a_time(files, env: BenchEnv, storage) -> int:
     stored = 0
     embedder = env.embedder
     for name, data in files:
@@ -57,11 +68,17 @@ def _run(label: str, fn, files, env: BenchEnv, **kwargs) -> dict:
 
 def run(env: BenchEnv, files: list[tuple[str, bytes]], batch_sizes: tuple[int, ...]) -> dict:
     """Images/s of the old way, of batching without overlap, and of the pipeline at each batch size."""
-    out: dict = {"images": len(files), "storage": "local", "database": "embedded PostgreSQL (pgserver)"}
+    out: dict = {"images": len(files), "storage": "local", "database": "embedded PostgreSQL (pgserver)",
+                 "encoder": env.embedder.precision}
     _pipeline(files[:4], env, env.storage("warmup"), batch_size=4)  # first-call costs (index, pool) excluded
     out["old_one_at_a_time"] = _run("old", _old_way, files, env)
+    out["old_one_at_a_time"]["encoder"] = "fp32"
+    if env.embedder.precision != "fp32":
+        out["one_at_a_time_current_encoder"] = _run("old-current", _old_way, files, env, fp32=False)
+        out["one_at_a_time_current_encoder"]["encoder"] = env.embedder.precision
     best = max(batch_sizes)
     out["batched_no_overlap"] = _run("batched", _pipeline, files, env, batch_size=best, per_call=best)
+    out["batched_no_overlap"]["batch"] = best
     out["pipeline"] = {str(bs): _run(f"pipeline-{bs}", _pipeline, files, env, batch_size=bs) for bs in batch_sizes}
     out["best_batch_size"] = int(max(out["pipeline"], key=lambda k: out["pipeline"][k]["images_per_s"]))
     # The headline is what users get: ingest() at its default batch size.

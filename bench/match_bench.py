@@ -9,7 +9,7 @@ from raiox_core.match import VOTE_POOL, match_bytes, vote, Neighbour
 
 from .env import BenchEnv
 from .references import ReferenceSets
-from .timing import repeat, summarize
+from .timing import summarize
 
 WARMUP = 5
 
@@ -33,21 +33,7 @@ def _stages(env: BenchEnv, embedder, queries: list[bytes], threshold: float) -> 
         for name, seconds in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
             times[name].append(seconds)
     stages = {name: summarize(values)["p50_ms"] for name, values in times.items()}
-    stages.update(_png_cost(prepare_image(queries[0]).image))
     return stages
-
-
-def _png_cost(image) -> dict:
-    """Part of "prepare": PNG encoding of the normalised image, at the level images.py uses and at level 1."""
-    import io
-
-    from raiox_core.images import _encode_png  # private, timed as it is: the biggest part of prepare
-
-    def level1():
-        image.save(io.BytesIO(), format="PNG", compress_level=1)
-
-    return {"of_which_png_encode": summarize(repeat(lambda: _encode_png(image), 10))["p50_ms"],
-            "png_encode_if_level_1": summarize(repeat(level1, 10))["p50_ms"]}
 
 
 def run(env: BenchEnv, sets: ReferenceSets, query_files: list[bytes], n_queries: int, n_stage_queries: int) -> list:
@@ -67,6 +53,7 @@ def run(env: BenchEnv, sets: ReferenceSets, query_files: list[bytes], n_queries:
             if len(result.matches) != 3:
                 raise RuntimeError(f"match returned {len(result.matches)} neighbours, not 3")
         out.append({"references": sets.size(key), "queries": n_queries, "distinct_images": len(query_files),
+                    "encoder": embedder.precision,
                     **summarize(seconds), "stages_p50_ms": _stages(env, embedder, queries[:n_stage_queries],
                                                                    threshold)})
     return out

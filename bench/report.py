@@ -132,27 +132,29 @@ def markdown(report: dict) -> str:
 def _details(f: dict) -> list[str]:
     out: list[str] = []
     if ing := f.get("ingest"):
+        old, current = ing["old_one_at_a_time"], ing.get("one_at_a_time_current_encoder")
         out += [f"### (a) Ingestion, {ing['images']} synthetic radiographs, local storage, embedded PostgreSQL", "",
-                "| way | images/s | seconds |", "|---|---|---|",
-                f"| old: one at a time (1 model call, 1 INSERT + commit each) | "
-                f"{ing['old_one_at_a_time']['images_per_s']} | {ing['old_one_at_a_time']['seconds']} |",
-                f"| batched, no overlap (batch {ing['best_batch_size']}) | {ing['batched_no_overlap']['images_per_s']} |"
-                f" {ing['batched_no_overlap']['seconds']} |"]
+                "| way | encoder | images/s | seconds |", "|---|---|---|---|",
+                f"| old: one at a time (1 model call, 1 INSERT + commit each) | {old['encoder']} | "
+                f"{old['images_per_s']} | {old['seconds']} |"]
+        if current:
+            out.append(f"| one at a time, current encoder | {current['encoder']} | {current['images_per_s']} | "
+                       f"{current['seconds']} |")
+        nb = ing["batched_no_overlap"]
+        out.append(f"| batched, no overlap (batch {nb['batch']}) | {ing['encoder']} | {nb['images_per_s']} | {nb['seconds']} |")
         out += [f"| pipeline, batch {bs}{' (default)' if int(bs) == ing['default_batch_size'] else ''} | "
-                f"{r['images_per_s']} | {r['seconds']} |" for bs, r in ing["pipeline"].items()]
+                f"{ing['encoder']} | {r['images_per_s']} | {r['seconds']} |" for bs, r in ing["pipeline"].items()]
         out.append("")
     if rows := f.get("match"):
         out += ["### (b) Match latency, end to end (bytes -> normalise -> embed -> search -> vote -> log), warm", "",
-                "| references | queries | p50 ms | p95 ms | prepare | (of which PNG encode) | embed | search | vote+log |",
-                "|---|---|---|---|---|---|---|---|---|"]
+                "| references | queries | p50 ms | p95 ms | prepare | embed | search | vote+log |",
+                "|---|---|---|---|---|---|---|---|"]
         out += [f"| {r['references']} | {r['queries']} | {r['p50_ms']} | {r['p95_ms']} | "
                 + " | ".join(str(r["stages_p50_ms"].get(k, "-")) for k in
-                             ("prepare", "of_which_png_encode", "embed", "search", "vote_and_log")) + " |"
+                             ("prepare", "embed", "search", "vote_and_log")) + " |"
                 for r in rows]
-        if "png_encode_if_level_1" in rows[-1]["stages_p50_ms"]:
-            out.append(f"\nStages are p50 ms. PNG encoding at compress_level=1 would take "
-                       f"{rows[-1]['stages_p50_ms']['png_encode_if_level_1']} ms instead.")
-        out.append("")
+        out += ["", f"Stages are p50 ms; the encoder runs {rows[-1].get('encoder', 'fp32')}. A match stores nothing, "
+                "so it does not encode a PNG.", ""]
     if search := f.get("search"):
         out += [f"### (c) Vector search, {search['vectors']} x 512, k={search['k']}, {search['queries']} queries "
                 "(through Database.search)", "", "| vectors | search | recall@10 | p50 ms | p95 ms |",
@@ -175,11 +177,16 @@ def _details(f: dict) -> list[str]:
                 "| variant | ms/image | images/s | GFLOP/s | vs matmul |", "|---|---|---|---|---|"]
         out += [f"| {name} | {r['ms_per_image']} | {r['images_per_s']} | {r['gflops']} | "
                 f"{r['efficiency_vs_matmul']:.0%} |" for name, r in enc["variants"].items()]
-        q = enc["int8"]
-        out += ["", f"int8 dynamic: cosine to fp32 min {q['cosine_to_fp32_min']} (mean {q['cosine_to_fp32_mean']}) over "
-                f"{q['images']} images, {q['weights']} weights; batch-vs-single max |diff| "
-                f"{q['batch_vs_single_max_abs_diff']}; speed-up {q['speedup_vs_fp32']}x; adoptable: {q['adoptable']}. "
-                f"ONNX Runtime: {enc['onnxruntime']}. Adopted: {enc['adopted']}.", ""]
+        out.append("")
+        for key, name in (("int8_dynamic", "int8 dynamic (torch.ao, one range per call)"),
+                          ("int8", "int8 per-token (raiox_core.quantise)")):
+            q = enc[key]
+            out.append(f"- {name}: cosine to fp32 min {q['cosine_to_fp32_min']} (mean {q['cosine_to_fp32_mean']}); "
+                       f"batch-vs-single max |diff| {q['batch_vs_single_max_abs_diff']}; speed-up at batch 16 "
+                       f"{q['speedup_vs_fp32']}x; adoptable: {q['adoptable']}.")
+        out += [f"", f"Over {enc['images']} images, {enc['weights']} weights; the load-time probe check gave cosine "
+                f"{enc['int8']['probe_min_cosine']}. int8 GFLOP/s count the fp32 model's FLOPs. ONNX Runtime: "
+                f"{enc['onnxruntime']}. Adopted: {enc['adopted']}.", ""]
     if ex := f.get("explorer"):
         out += [f"### (e) Explorer, {ex['points']} references, {ex['method']}", "",
                 "| start | process s | fetch rows s | projection s | frame + figure s | view s (excl. imports) |",

@@ -224,6 +224,14 @@ def cmd_delete(args, s: Session) -> int:
     return status
 
 
+def _precision(embedder) -> str:
+    if embedder.precision == "int8":
+        return f"int8 (probe vectors within cosine {embedder.int8_min_cosine:.5f} of fp32)"
+    if embedder.int8_min_cosine is not None:
+        return f"fp32 (int8 reached only cosine {embedder.int8_min_cosine:.5f} on the probes)"
+    return "fp32"
+
+
 def cmd_doctor(args, s: Session) -> int:
     from .catalogue import find_orphans, remove_orphans
 
@@ -237,7 +245,8 @@ def cmd_doctor(args, s: Session) -> int:
 
     check("database", lambda: f"{s.db.description}, pgvector {s.db.pgvector_version()}")
     check("storage", lambda: (s.storage.check_writable(), f"{s.storage.description} (writable)")[1])
-    check("model", lambda: f"{s.embedder.model_id} on {s.embedder.device}" + ("" if s.embedder.trained else " (UNTRAINED)"))
+    check("model", lambda: f"{s.embedder.model_id} on {s.embedder.device}, {_precision(s.embedder)}"
+                           + ("" if s.embedder.trained else " (UNTRAINED)"))
     if checks[0][1]:
         check("vectors", lambda: ", ".join(f"{m}: {n}" for m, n in s.db.stats()["models"].items()) or "none yet")
         if checks[1][1]:

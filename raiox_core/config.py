@@ -35,6 +35,7 @@ class Settings:
     model: str = DEFAULT_MODEL
     pretrained: str = DEFAULT_PRETRAINED
     device: str = "auto"
+    precision: str = "auto"  # "auto": int8 matmuls on CPU where they match fp32 (see embedder); "fp32"
     max_upload_mb: float = 20.0
     max_pixels: int = 50_000_000
     match_threshold: float = 0.6
@@ -80,10 +81,14 @@ class Settings:
         ]:
             if (v := get(name)) is not None:
                 kwargs[attr] = v
-        if (v := get("RAIOX_DEVICE")) is not None:
-            if v not in ("auto", "cpu", "cuda"):
-                raise ConfigError(f"RAIOX_DEVICE must be auto, cpu or cuda, not {v!r}.")
-            kwargs["device"] = v
+        for name, attr, choices in [
+            ("RAIOX_DEVICE", "device", ("auto", "cpu", "cuda")),
+            ("RAIOX_PRECISION", "precision", ("auto", "fp32")),
+        ]:
+            if (v := get(name)) is not None:
+                if v not in choices:
+                    raise ConfigError(f"{name} must be {', '.join(choices[:-1])} or {choices[-1]}, not {v!r}.")
+                kwargs[attr] = v
         for name, attr, kind, low, high in [
             ("RAIOX_MAX_UPLOAD_MB", "max_upload_mb", float, 0.001, 10_000),
             ("RAIOX_MAX_PIXELS", "max_pixels", int, 1024, 10**10),

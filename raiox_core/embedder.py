@@ -6,7 +6,8 @@ import hashlib
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -18,6 +19,8 @@ from .errors import ModelLoadError
 log = logging.getLogger(__name__)
 UNTRAINED = "none"
 UNTRAINED_SEED = 0  # untrained weights are reproducible across processes, so their vectors stay comparable
+PRECISIONS = ("auto", "fp32")
+INT8_MIN_COSINE = 0.999  # int8 is used only when every probe vector stays this close to its fp32 vector
 HUB_HOST = ("huggingface.co", 443)
 
 
@@ -33,6 +36,17 @@ class Embedder:
     std: np.ndarray
     device: str
     trained: bool
+    int8: object = field(default=None, repr=False)  # quantise.Int8Tower when it passed the probe check
+    int8_min_cosine: float | None = None  # worst probe cosine int8 vs fp32, when int8 was tried
+
+    @property
+    def precision(self) -> str:
+        """What encode runs: "int8" (per-token int8 matmuls, see raiox_core.quantise) or "fp32"."""
+        return "int8" if self.int8 is not None and self.int8.active else "fp32"
+
+    def fp32(self):
+        """A context in which encode runs the fp32 weights (comparisons and the bench; not thread-safe)."""
+        return self.int8.fp32() if self.int8 is not None else nullcontext()
 
     def to_tensor(self, images: Sequence[Image.Image]):
         """Resize to the model's input and normalise; grayscale goes to all three channels.
@@ -170,13 +184,53 @@ def _load_image_checkpoint(clip, path: Path) -> None:
                            f"{', '.join(keys)})")
 
 
-def load_embedder(model: str = "ViT-B-32", pretrained: str = "laion2b_s34b_b79k", device: str = "auto") -> Embedder:
-    """Create the OpenCLIP model once; the caller caches it (the app with st.cache_resource)."""
+def probe_images() -> list[Image.Image]:
+    """One normalised synthetic radiograph per catalogue design: what the int8 check compares on."""
+    from .images import normalise
+    from .synthetic import CATALOGUE, render
+
+    return [normalise(render(d, d.diameters_mm[0], seed=i, side=224)) for i, d in enumerate(CATALOGUE)]
+
+
+def _try_int8(embedder: Embedder) -> None:
+    """Switch to int8 matmuls where fbgemm runs them and the probe vectors stay within INT8_MIN_COSINE.
+
+    Checked per loaded checkpoint: trained weights can have activation outliers that untrained ones
+    lack, so a pass on one set of weights says nothing about another.
+    """
+    import torch
+
+    from .quantise import Int8Tower, min_cosine
+
+    if embedder.device != "cpu" or "fbgemm" not in torch.backends.quantized.supported_engines:
+        return
+    probes = probe_images()
+    reference = embedder.encode(probes)
+    tower = Int8Tower(embedder.model.visual)
+    tower.activate()
+    embedder.int8_min_cosine = min_cosine(reference, embedder.encode(probes))
+    if embedder.int8_min_cosine >= INT8_MIN_COSINE:
+        embedder.int8 = tower
+    else:
+        tower.deactivate()
+        log.warning("int8 vectors of %s stay only within cosine %.5f of fp32 (< %s): encoding in fp32.",
+                    embedder.model_id, embedder.int8_min_cosine, INT8_MIN_COSINE)
+
+
+def load_embedder(model: str = "ViT-B-32", pretrained: str = "laion2b_s34b_b79k", device: str = "auto",
+                  precision: str = "auto") -> Embedder:
+    """Create the OpenCLIP model once; the caller caches it (the app with st.cache_resource).
+
+    precision "auto" encodes with int8 matmuls on CPU when they pass the probe check (see _try_int8),
+    "fp32" always in fp32.
+    """
     import open_clip
     import torch
 
     if model not in open_clip.list_models():
         raise ModelLoadError(f"Unknown OpenCLIP model {model!r}; see open_clip.list_models() for the names.")
+    if precision not in PRECISIONS:
+        raise ModelLoadError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}.")
     device = _resolve_device(device)
     trained = pretrained.lower() != UNTRAINED
     path = Path(pretrained).expanduser()
@@ -204,9 +258,12 @@ def load_embedder(model: str = "ViT-B-32", pretrained: str = "laion2b_s34b_b79k"
     dim = int(visual.output_dim)
     if not trained:
         log.warning("Raiox is using UNTRAINED %s weights: matches are not meaningful.", model)
-    return Embedder(clip, model_id_for(model, pretrained), dim, size, mean, std, device, trained)
+    embedder = Embedder(clip, model_id_for(model, pretrained), dim, size, mean, std, device, trained)
+    if precision == "auto":
+        _try_int8(embedder)
+    return embedder
 
 
 def load_from_settings(settings) -> Embedder:
-    """load_embedder with the configured model, weights and device."""
-    return load_embedder(settings.model, settings.pretrained, settings.device)
+    """load_embedder with the configured model, weights, device and precision."""
+    return load_embedder(settings.model, settings.pretrained, settings.device, settings.precision)

@@ -11,6 +11,7 @@ import hashlib
 import io
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -67,11 +68,16 @@ class PreparedImage:
     """A validated, normalised image ready to store and embed."""
 
     image: Image.Image  # mode "L", square, at most NORMALISED_SIDE on a side
-    png: bytes  # `image` encoded as PNG with no metadata: what storage keeps
     sha256: str  # hex digest of the normalised pixels: equal content, equal hash
     source_format: str  # one of ACCEPTED_FORMATS, from the bytes, not the name
     width: int  # of the decoded original, after EXIF orientation
     height: int
+
+    @cached_property
+    def png(self) -> bytes:
+        """`image` encoded as PNG with no metadata: what storage keeps. Encoded on first use only, so a
+        match (which stores nothing) does not pay for it."""
+        return _encode_png(self.image)
 
 
 def sniff_format(data: bytes) -> str:
@@ -135,7 +141,6 @@ def prepare_image(data: bytes, limits: ImageLimits = ImageLimits()) -> PreparedI
     out = normalise(image)
     return PreparedImage(
         image=out,
-        png=_encode_png(out),
         sha256=_pixel_hash(out),
         source_format=fmt,
         width=width,

@@ -22,6 +22,8 @@ REQUIRED = [
     ("search", "filtered", "one_manufacturer_of_8", "p50_ms"), ("search", "filtered", "diameter_4.8", "p95_ms"),
     ("encoder", "matmul", "median_gflops"), ("encoder", "gflop_per_image"), ("encoder", "gflops"),
     ("encoder", "efficiency_vs_matmul"), ("encoder", "single_image_ms"), ("encoder", "int8", "cosine_to_fp32_min"),
+    ("encoder", "int8_dynamic", "cosine_to_fp32_min"), ("encoder", "fp32_efficiency_vs_matmul"),
+    ("ingest", "one_at_a_time_current_encoder", "images_per_s"),
     ("explorer", "cold_s"), ("explorer", "warm_s"), ("explorer", "warm_render_s"),
     ("memory", "peak_mb"), ("memory", "text_tower_mb"),
     ("references", "large", "hnsw_build_s"), ("references", "uniform", "hnsw_build_s"),

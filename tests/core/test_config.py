@@ -18,14 +18,15 @@ def test_every_variable_is_read():
         "RAIOX_DATABASE_URL": "postgresql://u:p@h/db", "RAIOX_DATA_DIR": "/tmp/r", "RAIOX_STORAGE_URL": "s3://b/p",
         "RAIOX_S3_ENDPOINT_URL": "http://127.0.0.1:9000", "RAIOX_MODEL": "ViT-B-16", "RAIOX_PRETRAINED": "openai",
         "RAIOX_DEVICE": "cpu", "RAIOX_MAX_UPLOAD_MB": "5", "RAIOX_MAX_PIXELS": "1000000",
-        "RAIOX_MATCH_THRESHOLD": "0.8", "RAIOX_STAFF_PASSWORD": "pw",
+        "RAIOX_MATCH_THRESHOLD": "0.8", "RAIOX_STAFF_PASSWORD": "pw", "RAIOX_PRECISION": "fp32",
     })
     assert (s.database_url, s.data_dir, s.storage_url, s.s3_endpoint_url) == ("postgresql://u:p@h/db", Path("/tmp/r"), "s3://b/p", "http://127.0.0.1:9000")
     assert (s.model, s.pretrained, s.device, s.max_upload_mb, s.max_pixels, s.match_threshold) == ("ViT-B-16", "openai", "cpu", 5.0, 1_000_000, 0.8)
+    assert s.precision == "fp32" and Settings.from_env({}).precision == "auto"
     assert "pw" not in repr(s)
 
 
-@pytest.mark.parametrize("env", [{"RAIOX_DEVICE": "tpu"}, {"RAIOX_MAX_UPLOAD_MB": "lots"}, {"RAIOX_MATCH_THRESHOLD": "1.5"}])
+@pytest.mark.parametrize("env", [{"RAIOX_DEVICE": "tpu"}, {"RAIOX_PRECISION": "int4"}, {"RAIOX_MAX_UPLOAD_MB": "lots"}, {"RAIOX_MATCH_THRESHOLD": "1.5"}])
 def test_bad_values_give_one_sentence(env):
     with pytest.raises(ConfigError) as info:
         Settings.from_env(env)

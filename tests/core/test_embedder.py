@@ -67,3 +67,46 @@ def test_bad_model_settings_are_one_sentence(model, pretrained, fragment):
     with pytest.raises(ModelLoadError, match=fragment) as info:
         load_embedder(model, pretrained, "cpu")
     assert "\n" not in str(info.value)
+
+
+def cosines(a, b):
+    return np.sum(a * b, axis=1)  # both sets are unit vectors
+
+
+def test_cpu_encodes_int8_within_cosine_0999_of_fp32(embedder):
+    # The probe check passed at load (untrained weights have no activation outliers) ...
+    assert embedder.precision == "int8" and embedder.int8_min_cosine >= 0.999
+    # ... and holds on images it never saw: random noise, and radiographs of other seeds and sizes.
+    from raiox_core.images import prepare_image
+    from raiox_core.synthetic import demo_files
+
+    batch = images(6, seed=4) + [prepare_image(data).image for _, data in demo_files(1, seed=7)[:10]]
+    int8 = embedder.encode(batch)
+    with embedder.fp32():
+        assert embedder.precision == "fp32"
+        fp32 = embedder.encode(batch)
+    assert embedder.precision == "int8"
+    assert cosines(int8, fp32).min() >= 0.999
+    assert not np.allclose(int8, fp32, atol=1e-6)  # it really is another computation
+
+
+def test_fp32_precision_setting_skips_int8():
+    plain = load_embedder("ViT-B-32", "none", "cpu", precision="fp32")
+    assert plain.precision == "fp32" and plain.int8 is None and plain.int8_min_cosine is None
+    with pytest.raises(ModelLoadError, match="precision"):
+        load_embedder("ViT-B-32", "none", "cpu", precision="int4")
+
+
+def test_weights_that_int8_cannot_follow_stay_fp32(tmp_path, caplog):
+    # A few huge LayerNorm gains give every token outlier channels: per-token int8 loses the rest.
+    outliers = load_embedder("ViT-B-32", "none", "cpu", precision="fp32")
+    with torch.no_grad():
+        for block in outliers.model.visual.transformer.resblocks:
+            block.ln_1.weight[:4] *= 300
+    path = tmp_path / "outliers.pt"
+    torch.save(outliers.model.state_dict(), path)
+    loaded = load_embedder("ViT-B-32", str(path), "cpu")
+    assert loaded.precision == "fp32" and loaded.int8_min_cosine < 0.999
+    assert "encoding in fp32" in caplog.text
+    im = images(2, seed=5)
+    assert np.allclose(loaded.encode(im), outliers.encode(im), atol=1e-5)
