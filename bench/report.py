@@ -197,8 +197,11 @@ def _details(f: dict) -> list[str]:
                        f"{r['frame_and_figure_s']} | {r['view_s']} |")
         w = ex["warm"]
         running = w["fetch_rows_s"] + w["memory_cache_s"] + w["frame_and_figure_s"]
-        out += ["", f"numba cache: {ex['numba_cache']}. Warm = first view after a restart (map unpickled from disk, "
-                f"which imports umap). In a running server the map comes from the in-process cache in "
+        imported = {name: ex[name].get("umap_imported") for name in ("cold", "warm")}
+        out += ["", f"numba cache: {ex['numba_cache']}. Warm = first view after a restart: the map's coordinates are "
+                f"read from disk (npz, no pickle) and the UMAP reducer is loaded only when a query is placed on the "
+                f"map (umap imported during the view: cold {_yes_no(imported['cold'])}, warm "
+                f"{_yes_no(imported['warm'])}). In a running server the map comes from the in-process cache in "
                 f"{w['memory_cache_s']} s, so a view costs about {running:.2f} s (rows + cache + figure).", ""]
     if mem := f.get("memory"):
         out += [f"### (f) Memory, {mem['references']} references", "", "| step | RSS MB | peak MB |", "|---|---|---|"]
@@ -214,6 +217,10 @@ def _details(f: dict) -> list[str]:
         out.append(f"\nReference rows COPY: {refs['copy_references_s']} s; embeddings table with all partitions: "
                    f"{refs['embeddings_table_mb']} MB.")
     return out
+
+
+def _yes_no(value: bool | None) -> str:
+    return "not measured" if value is None else "yes" if value else "no"
 
 
 def write(report: dict, json_path: Path | None, md_path: Path | None) -> None:

@@ -2,13 +2,18 @@
 
 A projection keeps its fitted reducer, so a query image can be placed on an existing map with the
 reducer's `transform` instead of refitting (which would move every point). Fitted projections are
-pickled under `<data_dir>/projections/`, keyed by a fingerprint of the model id, the reference ids and
+cached under `<data_dir>/projections/`, keyed by a fingerprint of the model id, the reference ids and
 their vectors, the parameters and the library versions: a new map is computed only when one of those
-changes. A small in-process layer in front of the disk saves the unpickling on Streamlit's reruns.
+changes. Each map is two files: `<key>.npz` holds the coordinates, the ids and a little JSON metadata
+(plain numpy arrays, read without pickle), and `<key>.reducer.pkl` holds the pickled reducer. A view
+reads only the npz; the reducer is unpickled (which imports umap, numba and pynndescent: seconds) the
+first time a query is placed on the map. A small in-process layer in front of the disk saves even the
+npz read on Streamlit's reruns.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -18,8 +23,9 @@ import threading
 import time
 import uuid
 import warnings
+import zipfile
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Callable, Sequence
@@ -33,8 +39,8 @@ log = logging.getLogger(__name__)
 METHODS = ("umap", "pca")
 METRICS = ("cosine", "euclidean", "correlation")
 MIN_UMAP_POINTS = 5  # below this UMAP's graph is meaningless (and its spectral start fails): PCA instead
-CACHE_FORMAT = 1  # bump when Projection's pickled shape changes, so old files are simply not found
-MAX_CACHE_FILES = 24  # oldest-used files beyond this are deleted after each save
+CACHE_FORMAT = 2  # bump when the cached files' shape changes, so old files are simply not found (2: npz + reducer)
+MAX_CACHE_FILES = 24  # maps (npz + reducer file each) kept on disk; the least recently used are deleted after a save
 MEMORY_ENTRIES = 4
 
 Progress = Callable[[float, str], None]
@@ -42,6 +48,10 @@ Progress = Callable[[float, str], None]
 
 class TooFewReferences(RaioxError):
     """Not enough reference vectors to build a map or an evaluation."""
+
+
+class ReducerMissing(RaioxError):
+    """A map loaded from the cache cannot place new points: its reducer file is gone or unreadable."""
 
 
 @dataclass(frozen=True)
@@ -77,14 +87,18 @@ class ProjectionParams:
 
 @dataclass
 class Projection:
-    """Coordinates of the references (rows in the order of `ids`) and the reducer that made them."""
+    """Coordinates of the references (rows in the order of `ids`) and the reducer that made them.
+
+    `reducer` is the fitted reducer. A map loaded from the disk cache is given a `_ReducerFile` in its
+    place, and reading `reducer` (which `transform` does) unpickles it then; see `_ReducerFile`.
+    """
 
     coords: np.ndarray  # (n, n_components) float32
     ids: np.ndarray  # (n,) int64, ascending
     params: ProjectionParams  # as asked
     method: str  # as used: "pca" when a tiny set made UMAP impossible
     n_neighbors: int | None  # as used by UMAP after clamping to the set's size; None for PCA
-    reducer: object = field(repr=False)
+    reducer: object = field(repr=False, compare=False)  # a property, defined below the class
     fingerprint: str = ""
     note: str | None = None  # one sentence for the user when the parameters were adjusted
     seconds: float = 0.0  # time the fit took when it was computed
@@ -105,6 +119,28 @@ class Projection:
         else:
             out = self.reducer.transform(x)
         return _pad(np.asarray(out, dtype=np.float32), self.n_components)
+
+    def _with_source(self, source: str) -> Projection:
+        """A shallow copy saying where this call got the map. Unlike dataclasses.replace, it does not
+        read `reducer`, so a lazy reducer stays unloaded (the copy shares its `_ReducerFile`)."""
+        out = copy.copy(self)
+        out.source = source
+        return out
+
+
+def _get_reducer(self: Projection):
+    value = self.__dict__["reducer"]
+    return value.load() if isinstance(value, _ReducerFile) else value
+
+
+def _set_reducer(self: Projection, value) -> None:
+    self.__dict__["reducer"] = value
+
+
+# Installed after @dataclass so that the generated __init__ (`self.reducer = reducer`) stores through the
+# setter, while the class attribute dataclass saw while building the class was a plain field.
+Projection.reducer = property(_get_reducer, _set_reducer, doc="The fitted reducer (unpickled on first use for a "
+                                                              "map loaded from the disk cache).")
 
 
 def as_vector(value) -> np.ndarray:
@@ -317,52 +353,188 @@ def _fit_lock(key: str) -> threading.Lock:
         return _fit_locks.setdefault(key, threading.Lock())
 
 
-def _cache_path(cache_dir: Path, key: str) -> Path:
-    return Path(cache_dir) / f"{key}.pkl"
+def _forget(key: str) -> None:
+    with _memory_lock:
+        _memory.pop(key, None)
 
 
-def _load(path: Path, key: str) -> Projection | None:
-    """The pickled projection, or None when absent or unreadable (a bad file is removed, then refitted).
+def _map_path(cache_dir: Path, key: str) -> Path:
+    return Path(cache_dir) / f"{key}.npz"
 
-    The files are written only by this module under the app's own data directory, which must be as
-    private as the database next to it: unpickling runs code from the file.
+
+def _reducer_path(cache_dir: Path, key: str) -> Path:
+    return Path(cache_dir) / f"{key}.reducer.pkl"
+
+
+# What reading a damaged pickle or npz can raise (zipfile.BadZipFile: a truncated npz).
+_UNREADABLE = (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, TypeError, ValueError,
+               KeyError, IndexError, zipfile.BadZipFile)
+
+
+class _ReducerFile:
+    """The reducer of a map loaded from the disk cache: unpickled on first use, then kept.
+
+    Every copy of the Projection (the memory layer's, each call's `_with_source`) shares one instance,
+    so the file is read at most once per process. The files are written only by this module under the
+    app's own data directory, which must be as private as the database next to it: unpickling runs
+    code from the file.
+
+    A missing or unreadable reducer file is deliberately not refitted here: a refit would make a new
+    map whose points need not sit where the page already drew them, so the query would be placed on
+    a map the user is not looking at. Instead the whole map is dropped (its files deleted, the memory
+    layer told to forget it) and ReducerMissing asks the user to reopen it: the next cached_projection
+    call then fits map and reducer together and shows that it is computing.
     """
-    _ensure_numba_cache()  # unpickling a UMAP imports umap, and with it numba
-    try:
-        with path.open("rb") as f:
-            found = pickle.load(f)
-    except FileNotFoundError:
-        return None
-    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, TypeError, ValueError) as exc:
-        log.warning("Ignoring unreadable cached projection %s: %s", path.name, exc)
-        path.unlink(missing_ok=True)
-        return None
-    if not isinstance(found, Projection) or found.fingerprint != key:
-        path.unlink(missing_ok=True)
-        return None
+
+    def __init__(self, path: Path, map_path: Path, key: str) -> None:
+        self.path, self.map_path, self.key = path, map_path, key
+        self._lock = threading.Lock()
+        self._loaded = False
+        self._failed = False
+        self._value = None
+
+    def load(self):
+        with self._lock:
+            if self._failed:  # do not touch the files again: a refit may have written new ones by now
+                raise ReducerMissing("The cached map's reducer is missing; reopen the map to recompute it.")
+            if not self._loaded:
+                self._value = self._read()
+                self._loaded = True
+            return self._value
+
+    def _read(self):
+        _ensure_numba_cache()  # unpickling a UMAP imports umap, and with it numba
+        try:
+            with self.path.open("rb") as f:
+                value = pickle.load(f)
+            if not hasattr(value, "transform"):
+                raise TypeError(f"a {type(value).__name__} is not a fitted reducer")
+        except FileNotFoundError:
+            log.warning("The cached map %s has no reducer file; dropping the map.", self.map_path.name)
+        except _UNREADABLE as exc:
+            log.warning("Ignoring unreadable cached reducer %s: %s", self.path.name, exc)
+        else:
+            _touch(self.path)
+            return value
+        self._failed = True
+        self.path.unlink(missing_ok=True)
+        self.map_path.unlink(missing_ok=True)
+        _forget(self.key)
+        raise ReducerMissing("The cached map's reducer is missing; reopen the map to recompute it.")
+
+
+def _touch(path: Path) -> None:
     try:
         os.utime(path)  # mtime = last use, for pruning
     except OSError:
         pass
+
+
+def _load(cache_dir: Path, key: str) -> Projection | None:
+    """The cached map, or None when absent or unreadable (a bad file is removed with its reducer, then
+    refitted). Only the npz is read, without pickle; the reducer stays on disk until it is used.
+
+    A map whose reducer file is already gone counts as absent (one stat): refitting now, while the page
+    shows it is computing, beats failing later when a query is placed.
+    """
+    path, reducer_path = _map_path(cache_dir, key), _reducer_path(cache_dir, key)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            coords = np.asarray(data["coords"], dtype=np.float32)
+            ids = np.asarray(data["ids"], dtype=np.int64)
+            meta = json.loads(str(data["meta"][()]))
+        if meta.get("format") != CACHE_FORMAT or meta.get("fingerprint") != key:
+            raise ValueError("it belongs to another format or fingerprint")
+        if coords.ndim != 2 or coords.shape[1] not in (2, 3) or ids.shape != (len(coords),):
+            raise ValueError(f"coordinates {coords.shape} do not match ids {ids.shape}")
+        params = ProjectionParams(**meta["params"])
+        found = Projection(
+            coords=coords, ids=ids, params=params, method=meta["method"], n_neighbors=meta["n_neighbors"],
+            reducer=_ReducerFile(reducer_path, path, key), fingerprint=key, note=meta["note"],
+            seconds=float(meta["seconds"]), source="disk",
+        )
+    except FileNotFoundError:
+        return None
+    except _UNREADABLE as exc:
+        log.warning("Ignoring unreadable cached projection %s: %s", path.name, exc)
+        path.unlink(missing_ok=True)
+        reducer_path.unlink(missing_ok=True)
+        return None
+    if not reducer_path.exists():
+        log.warning("The cached map %s has no reducer file; recomputing it.", path.name)
+        path.unlink(missing_ok=True)
+        return None
+    _touch(path)
     return found
 
 
+def _write_atomically(path: Path, write: Callable) -> None:
+    """`write(file)` into a temporary file next to `path`, then rename it over `path`."""
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        with tmp.open("wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _save(cache_dir: Path, projection: Projection) -> None:
-    """Write atomically (temporary file, then rename), then prune the least recently used files."""
+    """Write the reducer file, then the npz, each atomically, so that a map found by its npz has its
+    reducer; then prune the least recently used maps."""
     cache_dir = Path(cache_dir)
+    key = projection.fingerprint
+    meta = {
+        "format": CACHE_FORMAT, "fingerprint": key, "params": asdict(projection.params),
+        "method": projection.method, "n_neighbors": projection.n_neighbors, "note": projection.note,
+        "seconds": projection.seconds,
+    }
+    reducer = projection.reducer
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache_dir / f".{projection.fingerprint}.{uuid.uuid4().hex}.tmp"
-        with tmp.open("wb") as f:
-            pickle.dump(replace(projection, source="disk"), f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, _cache_path(cache_dir, projection.fingerprint))
+        _write_atomically(_reducer_path(cache_dir, key),
+                          lambda f: pickle.dump(reducer, f, protocol=pickle.HIGHEST_PROTOCOL))
+        _write_atomically(_map_path(cache_dir, key), lambda f: np.savez(
+            f, coords=np.asarray(projection.coords, dtype=np.float32),
+            ids=np.asarray(projection.ids, dtype=np.int64), meta=np.array(json.dumps(meta))))
     except OSError as exc:
         # A read-only or full disk costs a refit next time, not the page.
         log.warning("Could not cache the projection in %s: %s", cache_dir, exc)
         return
-    files = sorted(cache_dir.glob("*.pkl"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in files[MAX_CACHE_FILES:]:
-        old.unlink(missing_ok=True)
+    _prune(cache_dir)
+
+
+def _prune(cache_dir: Path) -> None:
+    """Keep the MAX_CACHE_FILES most recently used maps (a map's last use is the newest mtime of its npz
+    and reducer file) and delete the others' files; delete format-1 files (`<key>.pkl`, a whole pickled
+    Projection) outright. Names starting with a dot are files being written."""
+    maps: dict[str, list[Path]] = {}
+    try:
+        for path in cache_dir.iterdir():
+            name = path.name
+            if name.startswith("."):
+                continue
+            if name.endswith(".reducer.pkl"):
+                maps.setdefault(name[: -len(".reducer.pkl")], []).append(path)
+            elif name.endswith(".npz"):
+                maps.setdefault(name[: -len(".npz")], []).append(path)
+            elif name.endswith(".pkl"):
+                path.unlink(missing_ok=True)
+
+        def last_used(paths: list[Path]) -> float:
+            times = []
+            for path in paths:
+                try:
+                    times.append(path.stat().st_mtime)
+                except OSError:
+                    pass
+            return max(times, default=0.0)
+
+        for paths in sorted(maps.values(), key=last_used, reverse=True)[MAX_CACHE_FILES:]:
+            for path in paths:
+                path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("Could not prune the projection cache in %s: %s", cache_dir, exc)
 
 
 def cached_projection(
@@ -397,14 +569,13 @@ def cached_projection(
     key = fingerprint(model_id, ids_arr, x, params)
 
     if (found := _recall(key)) is not None:
-        return replace(found, source="memory")
-    path = _cache_path(Path(cache_dir), key)
+        return found._with_source("memory")
     with _fit_lock(key):
         if (found := _recall(key)) is not None:  # fitted by another thread while we waited
-            return replace(found, source="memory")
-        if (found := _load(path, key)) is not None:
+            return found._with_source("memory")
+        if (found := _load(Path(cache_dir), key)) is not None:
             _remember(found)
-            return replace(found, source="disk")
+            return found._with_source("disk")
         _notify(progress, 0.0, f"Computing a {params.method.upper()} map of {len(ids_arr)} references…")
         fitted = project(x, **asdict(params), ids=ids_arr, progress=progress)
         fitted.fingerprint = key

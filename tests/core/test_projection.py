@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
 import numpy as np
 import pytest
 
 from raiox_core import projection as proj
 from raiox_core.projection import (
     ProjectionParams,
+    ReducerMissing,
     TooFewReferences,
     cached_projection,
     fingerprint,
@@ -27,6 +36,15 @@ def clustered(n_clusters=3, per=10, dim=32, spread=0.15, seed=0):
 def rows_of(vectors, labels, first_id=1):
     return [{"id": first_id + i, "manufacturer": f"M{lab}", "model": "X", "diameter_mm": 4.0, "embedding": v}
             for i, (v, lab) in enumerate(zip(vectors, labels))]
+
+
+def cache_files(cache_dir) -> list[str]:
+    return sorted(p.name for p in cache_dir.iterdir())
+
+
+def map_files(key) -> list[str]:
+    """The two files of one cached map."""
+    return [f"{key}.npz", f"{key}.reducer.pkl"]
 
 
 @pytest.fixture(autouse=True)
@@ -110,7 +128,7 @@ def test_cache_hits_in_memory_then_on_disk_without_recomputing(tmp_path):
     calls = []
     first = cached_projection(tmp_path, "M/1", rows, params, progress=lambda f, t: calls.append((f, t)))
     assert first.source == "computed" and calls and calls[-1][0] == 1.0
-    assert len(list(tmp_path.glob("*.pkl"))) == 1
+    assert cache_files(tmp_path) == map_files(first.fingerprint)
 
     calls.clear()
     again = cached_projection(tmp_path, "M/1", rows, params, progress=lambda f, t: calls.append((f, t)))
@@ -154,22 +172,126 @@ def test_cache_invalidated_by_set_vectors_model_and_parameters(tmp_path):
     assert cached_projection(tmp_path, "M/1", rows, base).source == "disk"
 
 
-def test_cache_survives_corrupt_files_and_prunes_old_ones(tmp_path, monkeypatch):
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "pickled"])
+def test_a_corrupt_map_file_is_ignored_with_a_warning_removed_and_refitted(tmp_path, caplog, damage):
     v, labels = clustered()
     rows = rows_of(v, labels)
     params = ProjectionParams(method="pca")
     first = cached_projection(tmp_path, "M/1", rows, params)
-    (path,) = tmp_path.glob("*.pkl")
-    path.write_bytes(b"not a pickle")
+    npz = tmp_path / f"{first.fingerprint}.npz"
+    if damage == "garbage":
+        npz.write_bytes(b"not an npz")
+    elif damage == "truncated":
+        npz.write_bytes(npz.read_bytes()[:100])
+    else:  # a pickle where arrays belong must not be unpickled
+        np.save(npz.open("wb"), np.array([{"a": 1}], dtype=object), allow_pickle=True)
     proj.clear_memory_cache()
-    again = cached_projection(tmp_path, "M/1", rows, params)
+    with caplog.at_level(logging.WARNING, logger="raiox_core.projection"):
+        again = cached_projection(tmp_path, "M/1", rows, params)
+    assert "Ignoring unreadable cached projection" in caplog.text
     assert again.source == "computed" and np.allclose(again.coords, first.coords)
+    assert cache_files(tmp_path) == map_files(first.fingerprint)  # rewritten, no temporary files left
+    proj.clear_memory_cache()
+    assert cached_projection(tmp_path, "M/1", rows, params).source == "disk"
 
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_a_lost_reducer_fails_the_placement_clearly_and_the_next_view_refits(tmp_path, damage):
+    v, labels = clustered()
+    rows = rows_of(v, labels)
+    params = ProjectionParams(method="pca")
+    first = cached_projection(tmp_path, "M/1", rows, params)
+    proj.clear_memory_cache()
+    loaded = cached_projection(tmp_path, "M/1", rows, params)
+    assert loaded.source == "disk"
+    reducer_file = tmp_path / f"{first.fingerprint}.reducer.pkl"
+    if damage == "missing":
+        reducer_file.unlink()
+    else:
+        reducer_file.write_bytes(b"not a pickle")
+    with pytest.raises(ReducerMissing, match="The cached map's reducer is missing; reopen the map to recompute it."):
+        loaded.transform(v[:1])
+    # The map is dropped from disk and from memory, and asking again does not touch the files again.
+    assert cache_files(tmp_path) == []
+    with pytest.raises(ReducerMissing):
+        loaded.transform(v[:1])
+    again = cached_projection(tmp_path, "M/1", rows, params)  # no clear_memory_cache: memory forgot it
+    assert again.source == "computed" and np.array_equal(again.coords, first.coords)
+    assert np.allclose(again.transform(v[:2]), first.coords[:2], atol=1e-5)
+    assert cache_files(tmp_path) == map_files(first.fingerprint)
+
+
+def test_a_map_whose_reducer_is_already_gone_is_refitted_when_loaded(tmp_path):
+    v, labels = clustered()
+    rows = rows_of(v, labels)
+    params = ProjectionParams(method="pca")
+    first = cached_projection(tmp_path, "M/1", rows, params)
+    (tmp_path / f"{first.fingerprint}.reducer.pkl").unlink()
+    proj.clear_memory_cache()
+    assert cached_projection(tmp_path, "M/1", rows, params).source == "computed"
+    assert cache_files(tmp_path) == map_files(first.fingerprint)
+
+
+def test_pruning_keeps_the_most_recently_used_maps_with_both_files(tmp_path, monkeypatch):
+    v, labels = clustered()
+    rows = rows_of(v, labels)
+    params = ProjectionParams(method="pca")
     monkeypatch.setattr(proj, "MAX_CACHE_FILES", 2)
-    for n in (10, 12, 14, 16):
+    (tmp_path / ("0" * 64 + ".pkl")).write_bytes(b"a format-1 pickle")  # old format: deleted by the next save
+    a, b = (cached_projection(tmp_path, "M/1", rows[:n], params) for n in (10, 12))
+    now = time.time()
+    for key, age in ((a.fingerprint, 20), (b.fingerprint, 10)):  # a used before b, whatever the clock resolution
+        for name in map_files(key):
+            os.utime(tmp_path / name, (now - age, now - age))
+    proj.clear_memory_cache()
+    assert cached_projection(tmp_path, "M/1", rows[:10], params).source == "disk"  # a is now the most recent
+    c = cached_projection(tmp_path, "M/1", rows[:14], params)
+    assert cache_files(tmp_path) == sorted(map_files(a.fingerprint) + map_files(c.fingerprint))
+    for n in (16, 18, 20):
         cached_projection(tmp_path, "M/1", rows[:n], params)
-    assert len(list(tmp_path.glob("*.pkl"))) == 2
-    assert not list(tmp_path.glob("*.tmp"))
+    assert len(list(tmp_path.glob("*.npz"))) == 2 and len(list(tmp_path.glob("*.reducer.pkl"))) == 2
+    assert {p.name[:64] for p in tmp_path.iterdir()} == {p.stem[:64] for p in tmp_path.glob("*.npz")}
+
+
+WARM_VIEW = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from raiox_core.projection import ProjectionParams, cached_projection
+
+    cache_dir, vectors, params = sys.argv[1], np.load(sys.argv[2]), ProjectionParams(**json.loads(sys.argv[3]))
+    p = cached_projection(cache_dir, "M/1", ids=np.arange(1, len(vectors) + 1), vectors=vectors, params=params)
+    out = {"source": p.source, "coords": p.coords.tolist(), "ids": p.ids.tolist(), "umap_after_view": "umap" in sys.modules}
+    out["placed"] = p.transform(np.load(sys.argv[4])).tolist()
+    out["umap_after_transform"] = "umap" in sys.modules
+    print(json.dumps(out))
+""")
+
+
+def test_a_warm_view_reads_coordinates_only_and_imports_umap_when_a_query_is_placed(tmp_path):
+    """A fresh process (as after a restart): the cached map comes without umap, which the first
+    transform imports. UMAP's transform is deterministic here (a fixed transform_seed and, with
+    random_state set, a single-threaded layout), so the unpickled reducer places a query exactly
+    where the original did."""
+    v, labels = clustered()
+    params = ProjectionParams(method="umap", n_neighbors=8)
+    cache_dir = tmp_path / "projections"
+    first = cached_projection(cache_dir, "M/1", ids=np.arange(1, 31), vectors=v, params=params)
+    queries = v[[0, 11, 22]] * 1.0001
+    expected = first.transform(queries)
+    np.save(tmp_path / "vectors.npy", v)
+    np.save(tmp_path / "queries.npy", queries)
+    done = subprocess.run(
+        [sys.executable, "-c", WARM_VIEW, str(cache_dir), str(tmp_path / "vectors.npy"),
+         json.dumps({"method": "umap", "n_neighbors": 8}), str(tmp_path / "queries.npy")],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["source"] == "disk" and out["umap_after_view"] is False
+    assert np.array_equal(np.asarray(out["coords"], dtype=np.float32), first.coords)
+    assert out["ids"] == first.ids.tolist()
+    assert out["umap_after_transform"] is True
+    assert np.allclose(out["placed"], expected, atol=1e-4)
 
 
 def test_cached_umap_round_trips_through_disk(tmp_path):
