@@ -17,6 +17,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from raiox_core import embedded_pg
 from raiox_core.config import Settings
 from raiox_core.db import Database, migrate
 from raiox_core.embedder import Embedder, load_embedder
@@ -56,6 +57,7 @@ class BenchEnv:
 
     @classmethod
     def _open(cls, settings: Settings, root: Path, server) -> "BenchEnv":
+        embedded_pg.tune(server, restart=True)  # the embedded default's shared_buffers (the server is new)
         url = server.get_uri()
         migrate(url)
         # The CPU path, always: the targets are for CPU, and the int8 encoder is CPU-only.

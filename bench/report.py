@@ -35,19 +35,12 @@ def _match(figures: dict, stat: str):
     return rows[-1][stat] if rows else None
 
 
-def _best_ef(figures: dict, partition: str):
-    """The smallest ef_search with recall@10 >= 0.98, as (recall, p50); else the most accurate one."""
+def _recall_at_speed(figures: dict, partition: str):
+    """The best recall@10 among the ef_search values whose p50 is within 5 ms (0.0 if none is)."""
     hnsw = _get(figures, "search", partition, "hnsw") or {}
     if not hnsw:
         return None
-    ok = [(int(ef), r) for ef, r in hnsw.items() if r["recall_at_10"] >= 0.98]
-    ef, r = min(ok) if ok else max(((int(ef), r) for ef, r in hnsw.items()), key=lambda x: x[1]["recall_at_10"])
-    return {"ef_search": ef, "recall": r["recall_at_10"], "p50_ms": r["p50_ms"]}
-
-
-def _recall_at_speed(figures: dict, partition: str):
-    best = _best_ef(figures, partition)
-    return None if best is None else best["recall"] if best["p50_ms"] <= 5.0 else 0.0
+    return max([r["recall_at_10"] for r in hnsw.values() if r["p50_ms"] <= 5.0], default=0.0)
 
 
 TARGETS = [

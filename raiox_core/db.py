@@ -20,6 +20,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from . import embedded_pg
 from .errors import ConfigError, DatabaseUnavailable, NotFound
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
@@ -375,18 +376,6 @@ _FILTER_SQL = {
 }
 
 
-def start_embedded(data_dir: Path):
-    """Start (or join) the pgserver PostgreSQL under data_dir/pg and return its handle."""
-    import pgserver  # imported here: only the embedded default needs it
-
-    pgdata = Path(data_dir) / "pg"
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return pgserver.get_server(pgdata)  # stops when the last process using it exits
-    except Exception as exc:  # pgserver raises plain exceptions with initdb/pg_ctl output
-        raise DatabaseUnavailable(f"Could not start the embedded PostgreSQL in {pgdata}: {str(exc).splitlines()[0]}") from None
-
-
 def open_database(settings) -> Database:
     """Connect (starting the embedded server when no URL is set) and bring the schema up to date."""
     if settings.database_url:
@@ -398,7 +387,7 @@ def open_database(settings) -> Database:
                               "postgresql://user:password@host:port/database.") from None
         description = redact_url(url)
     else:
-        server = start_embedded(settings.data_dir)
+        server = embedded_pg.start(settings.data_dir)
         url = server.get_uri()
         description = f"embedded PostgreSQL in {Path(settings.data_dir) / 'pg'}"
     try:
