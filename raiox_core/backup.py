@@ -18,9 +18,7 @@ import io
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 import zipfile
 import zlib
 from datetime import datetime, timezone
@@ -33,6 +31,7 @@ from psycopg.rows import dict_row
 
 from .db import Database, DuplicateReference, Filters, named_queries
 from .errors import RaioxError, StorageError
+from .files import atomic_file
 from .images import NORMALISED_SIDE, _encode_png, _pixel_hash  # the exact hash and clean encoding ingestion uses
 from .storage import Storage, reference_key
 
@@ -93,11 +92,7 @@ def backup(db: Database, storage: Storage, path: Path, progress: Progress | None
     if progress:
         progress(0, total, "images")
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise BackupError(f"Cannot write {path}: {exc.strerror or exc}.") from None
-    try:
-        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as archive:
+        with atomic_file(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as archive:
             models = []
             for number, (model_id, rows) in enumerate(sorted(by_model.items())):
                 matrix = np.stack([_vector(r["embedding"]) for r in rows])
@@ -118,12 +113,8 @@ def backup(db: Database, storage: Storage, path: Path, progress: Progress | None
             manifest = {"format": FORMAT, "version": VERSION, "created_at": datetime.now(timezone.utc).isoformat(),
                         "counts": counts, "models": models}
             archive.writestr(MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False))
-        os.replace(tmp, path)
     except OSError as exc:
         raise BackupError(f"Cannot write {path}: {exc.strerror or exc}.") from None
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)  # gone already after a successful rename
     if progress:
         progress(total, total, "done")
     return counts

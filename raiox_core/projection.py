@@ -21,7 +21,6 @@ import os
 import pickle
 import threading
 import time
-import uuid
 import warnings
 import zipfile
 from collections import OrderedDict
@@ -33,6 +32,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import RaioxError
+from .files import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -468,17 +468,6 @@ def _load(cache_dir: Path, key: str) -> Projection | None:
     return found
 
 
-def _write_atomically(path: Path, write: Callable) -> None:
-    """`write(file)` into a temporary file next to `path`, then rename it over `path`."""
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        with tmp.open("wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _save(cache_dir: Path, projection: Projection) -> None:
     """Write the reducer file, then the npz, each atomically, so that a map found by its npz has its
     reducer; then prune the least recently used maps."""
@@ -492,11 +481,11 @@ def _save(cache_dir: Path, projection: Projection) -> None:
     reducer = projection.reducer
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomically(_reducer_path(cache_dir, key),
-                          lambda f: pickle.dump(reducer, f, protocol=pickle.HIGHEST_PROTOCOL))
-        _write_atomically(_map_path(cache_dir, key), lambda f: np.savez(
-            f, coords=np.asarray(projection.coords, dtype=np.float32),
-            ids=np.asarray(projection.ids, dtype=np.int64), meta=np.array(json.dumps(meta))))
+        with atomic_file(_reducer_path(cache_dir, key)) as f:
+            pickle.dump(reducer, f, protocol=pickle.HIGHEST_PROTOCOL)
+        with atomic_file(_map_path(cache_dir, key)) as f:
+            np.savez(f, coords=np.asarray(projection.coords, dtype=np.float32),
+                     ids=np.asarray(projection.ids, dtype=np.int64), meta=np.array(json.dumps(meta)))
     except OSError as exc:
         # A read-only or full disk costs a refit next time, not the page.
         log.warning("Could not cache the projection in %s: %s", cache_dir, exc)
