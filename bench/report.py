@@ -177,7 +177,7 @@ def _details(f: dict) -> list[str]:
             out.append(f"- {name}: cosine to fp32 min {q['cosine_to_fp32_min']} (mean {q['cosine_to_fp32_mean']}); "
                        f"batch-vs-single max |diff| {q['batch_vs_single_max_abs_diff']}; speed-up at batch 16 "
                        f"{q['speedup_vs_fp32']}x; adoptable: {q['adoptable']}.")
-        out += [f"", f"Over {enc['images']} images, {enc['weights']} weights; the load-time probe check gave cosine "
+        out += ["", f"Over {enc['images']} images, {enc['weights']} weights; the load-time probe check gave cosine "
                 f"{enc['int8']['probe_min_cosine']}. int8 GFLOP/s count the fp32 model's FLOPs. ONNX Runtime: "
                 f"{enc['onnxruntime']}. Adopted: {enc['adopted']}.", ""]
     if ex := f.get("explorer"):
