@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from raiox_core import db as dbmod
+
 from . import data
 from .env import BenchEnv
 
@@ -47,6 +49,7 @@ def load(env: BenchEnv, n_small: int, n_large: int, seed: int = 7) -> ReferenceS
         vectors={"small": clustered[:n_small], "large": clustered, "uniform": data.uniform(n_large, seed + 2)},
     )
     ids = np.arange(1, n_large + 1)
+    sets.figures.update(hnsw_m=dbmod.HNSW_M, hnsw_ef_construction=dbmod.HNSW_EF_CONSTRUCTION)
     start = time.perf_counter()
     env.copy_references(labels)
     sets.figures["copy_references_s"] = round(time.perf_counter() - start, 2)

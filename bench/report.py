@@ -203,7 +203,7 @@ def _details(f: dict) -> list[str]:
             out.append(f"\nText tower dropped after load: {mem['text_tower_mb']} MB of fp32 weights not held.")
         out.append("")
     if refs := f.get("references"):
-        out += ["### (g) Bulk load and HNSW build (m=16, ef_construction=64)", "",
+        out += [f"### (g) Bulk load and HNSW build (m={refs['hnsw_m']}, ef_construction={refs['hnsw_ef_construction']})", "",
                 "| partition | vectors | COPY s | rows/s | HNSW build s | index MB |", "|---|---|---|---|---|---|"]
         out += [f"| {key} ({r['kind']}) | {r['vectors']} | {r['copy_s']} | {r['copy_rows_per_s']} | {r['hnsw_build_s']} |"
                 f" {r['hnsw_index_mb']} |" for key, r in refs.items() if isinstance(r, dict)]

@@ -28,9 +28,11 @@ _MIGRATION_LOCK = 0x5241494F  # "RAIO": serialises migrations and index creation
 # Below this many candidate rows a filtered search scans exactly: pgvector 0.6 has no iterative index
 # scans, so an HNSW scan followed by a selective WHERE could return fewer than k rows.
 EXACT_SEARCH_MAX_ROWS = 20_000
-# ef_search 100: recall@10 0.98 against 0.96 at 40 on 100k clustered vectors, for ~1.5 ms more per search
-# (bench/results/); a match spends ~100 ms in the encoder, so the extra recall is nearly free.
-HNSW_M, HNSW_EF_CONSTRUCTION, DEFAULT_EF_SEARCH = 16, 64, 100
+# ef_construction 128 (the old system's index had 64): on 100k clustered vectors recall@10 at ef_search 40 /
+# 100 rose from 0.95 / 0.97 to 0.98 / 0.996 for a 1.6x longer build; m = 32 gained no more per ms of search.
+# ef_search 100 costs ~2 ms more per search than 40, where a match spends ~70 ms in the encoder
+# (bench/README.md, "HNSW parameters").
+HNSW_M, HNSW_EF_CONSTRUCTION, DEFAULT_EF_SEARCH = 16, 128, 100
 # A filtered HNSW scan keeps about ef_search * (candidates / rows) rows: with more than EXACT_SEARCH_MAX_ROWS
 # candidates that is >= 10 up to ~800k vectors per model (bench/README.md: beyond, search exactly or upgrade).
 FILTERED_EF_SEARCH = 400

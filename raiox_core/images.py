@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import struct
+import zlib
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -301,11 +303,34 @@ def _pixel_hash(image: Image.Image) -> str:
 
 
 def _encode_png(image: Image.Image) -> bytes:
-    # A fresh image from the raw pixels carries no info/EXIF/text from the source.
+    """PNG of the pixels alone: no info, EXIF or text chunk from the source survives."""
+    if image.mode == "L":
+        return _gray_png(np.asarray(image))
     clean = Image.frombytes(image.mode, image.size, image.tobytes())
     buf = io.BytesIO()
-    clean.save(buf, format="PNG", compress_level=1)  # lossless either way; level 1 is ~2x faster to write
+    clean.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
+
+
+def _gray_png(pixels: np.ndarray) -> bytes:
+    """8-bit greyscale PNG written directly: every row "Up"-filtered, deflated with run-length matching.
+
+    What every reference costs to store: ~2.5 ms for a 384x384 radiograph, against ~6 ms for Pillow's
+    encoder at level 1 (which tries five filters per row), and about 10% smaller (bench/README.md).
+    """
+    height, width = pixels.shape
+    rows = np.empty((height, width + 1), np.uint8)
+    rows[:, 0] = 2  # filter type Up: a row minus the row above (the first row minus zeros, i.e. itself)
+    rows[0, 1:] = pixels[0]
+    np.subtract(pixels[1:], pixels[:-1], out=rows[1:, 1:])  # uint8 wraps modulo 256, as PNG specifies
+    deflate = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    idat = deflate.compress(rows.tobytes()) + deflate.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8 bits, greyscale, deflate, no interlace
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def thumbnail_png(png: bytes, side: int = 160) -> bytes:

@@ -73,7 +73,7 @@ def test_search_uses_the_per_model_hnsw_index(db):
         defs = [d for (d,) in conn.execute("SELECT indexdef FROM pg_indexes WHERE indexdef ILIKE '%%hnsw%%'"
                                            " AND indexdef LIKE %s", (f"%'{MODEL}'%",))]
         names = defs
-    assert len(names) == 1 and "m='16'" in defs[0].replace(" ", "") and "ef_construction='64'" in defs[0].replace(" ", "")
+    assert len(names) == 1 and "m='16'" in defs[0].replace(" ", "") and "ef_construction='128'" in defs[0].replace(" ", "")
 
 
 def test_vectors_of_other_models_are_never_compared(db):
