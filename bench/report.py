@@ -137,6 +137,12 @@ def _details(f: dict) -> list[str]:
         out.append(f"| batched, no overlap (batch {nb['batch']}) | {ing['encoder']} | {nb['images_per_s']} | {nb['seconds']} |")
         out += [f"| pipeline, batch {bs}{' (default)' if int(bs) == ing['default_batch_size'] else ''} | "
                 f"{ing['encoder']} | {r['images_per_s']} | {r['seconds']} |" for bs, r in ing["pipeline"].items()]
+        if rounds := ing.get("paired_rounds"):
+            out += ["", f"The old way and the default pipeline ran back to back {len(rounds)} time(s); the rows above "
+                    "show the median run of each, and the speed-up is the median of the pairs' ratios:", "",
+                    "| pair | old way img/s | pipeline img/s | speed-up |", "|---|---|---|---|"]
+            out += [f"| {i} | {r['old']['images_per_s']} | {r['pipeline']['images_per_s']} | {r['speedup']}x |"
+                    for i, r in enumerate(rounds, 1)]
         out.append("")
     if rows := f.get("match"):
         out += ["### (b) Match latency, end to end (bytes -> normalise -> embed -> search -> vote -> log), warm", "",

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 class BenchSizes:
     ingest_images: int
     ingest_batch_sizes: tuple[int, ...]
+    ingest_rounds: int  # back-to-back pairs of the old way and the pipeline
     n_small: int
     n_large: int
     match_queries: int
@@ -42,11 +43,11 @@ class BenchSizes:
     cold_numba: bool
 
 
-FULL = BenchSizes(ingest_images=500, ingest_batch_sizes=(8, 16, 32), n_small=10_000, n_large=100_000,
+FULL = BenchSizes(ingest_images=500, ingest_batch_sizes=(8, 16, 32), ingest_rounds=3, n_small=10_000, n_large=100_000,
                   match_queries=200, stage_queries=40, search_queries=200, encoder_images=32,
                   encoder_batch_sizes=(1, 8, 16, 32), encoder_min_seconds=4.0, memory_matches=20, query_images=50,
                   cold_numba=True)
-QUICK = BenchSizes(ingest_images=40, ingest_batch_sizes=(16,), n_small=500, n_large=2_000, match_queries=30,
+QUICK = BenchSizes(ingest_images=40, ingest_batch_sizes=(16,), ingest_rounds=1, n_small=500, n_large=2_000, match_queries=30,
                    stage_queries=5, search_queries=30, encoder_images=16, encoder_batch_sizes=(1, 16),
                    encoder_min_seconds=0.5, memory_matches=3, query_images=8, cold_numba=False)
 
@@ -104,7 +105,7 @@ def run_bench(settings: Settings, quick: bool = False, json_path: str | None = N
         images += [_decoded(png) for _, png in files[: max(0, sizes.encoder_images - len(images))]]
         _section(report, "encoder", encoder_bench.run, env.embedder, images, sizes.encoder_min_seconds,
                  sizes.encoder_batch_sizes)
-        _section(report, "ingest", ingest_bench.run, env, files, sizes.ingest_batch_sizes)
+        _section(report, "ingest", ingest_bench.run, env, files, sizes.ingest_batch_sizes, sizes.ingest_rounds)
         sets = _section(report, "references", lambda: references.load(env, sizes.n_small, sizes.n_large))
         if sets is not None:
             report["figures"]["references"] = sets.figures

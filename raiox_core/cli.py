@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("ids", nargs="+", type=int, metavar="ID")
 
     s = sub.add_parser("doctor", help="check the database, storage and model")
-    s.add_argument("--repair", action="store_true", help="also remove stored images that no reference points to "
+    s.add_argument("--repair", action="store_true", help="also rebuild vector indexes built with older HNSW parameters, and remove stored images that no reference points to "
                    "(older than 10 minutes: younger ones may belong to an ingestion in progress)")
 
     s = sub.add_parser("reembed", help="compute a model's vectors for every reference that lacks them")
@@ -249,6 +249,7 @@ def cmd_doctor(args, s: Session) -> int:
                            + ("" if s.embedder.trained else " (UNTRAINED)"))
     if checks[0][1]:
         check("vectors", lambda: ", ".join(f"{m}: {n}" for m, n in s.db.stats()["models"].items()) or "none yet")
+        check("indexes", lambda: _index_check(s.db, repair=args.repair))
         if checks[1][1]:
             action = remove_orphans if args.repair else find_orphans
             # Never grace 0: an image stored but not yet committed by a running ingestion looks like an orphan.
@@ -257,6 +258,23 @@ def cmd_doctor(args, s: Session) -> int:
     for name, ok, detail in checks:
         print(f"{'ok  ' if ok else 'FAIL'} {name:<8} {detail}")
     return EXIT_OK if all(ok for _, ok, _ in checks) else EXIT_REFUSED
+
+
+def _index_check(db, repair: bool) -> str:
+    """Indexes built with older HNSW parameters than the current ones: named, or rebuilt with --repair."""
+    from .db import HNSW_EF_CONSTRUCTION, HNSW_M
+
+    outdated = db.outdated_indexes()
+    current = f"m={HNSW_M}, ef_construction={HNSW_EF_CONSTRUCTION}"
+    if not outdated:
+        return f"current ({current})"
+    if not repair:
+        return "; ".join(f"{model}: built with m={p['m']}, ef_construction={p['ef_construction']}" for model, p in
+                         outdated.items()) + f" (current: {current}; `raiox doctor --repair` rebuilds, searches go on)"
+    for model in outdated:
+        print(f"Rebuilding the index of {model} with {current}...", flush=True)
+        db.rebuild_index(model)
+    return f"{len(outdated)} rebuilt with {current}"
 
 
 def cmd_reembed(args, s: Session) -> int:

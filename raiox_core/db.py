@@ -38,6 +38,13 @@ HNSW_M, HNSW_EF_CONSTRUCTION, DEFAULT_EF_SEARCH = 16, 128, 100
 FILTERED_EF_SEARCH = 400
 
 
+PGVECTOR_HNSW_DEFAULTS = {"m": 16, "ef_construction": 64}  # what an index built without WITH (...) has
+
+
+def _index_name(model_id: str) -> str:
+    return "embeddings_hnsw_" + hashlib.sha256(model_id.encode()).hexdigest()[:16]
+
+
 class DuplicateReference(Exception):
     """An image with the same content hash is already a reference (possibly added concurrently)."""
 
@@ -184,7 +191,7 @@ class Database:
         """One partial HNSW cosine index per model_id, so searches of one model never wade through another's."""
         if model_id in self._indexed_models:
             return
-        name = "embeddings_hnsw_" + hashlib.sha256(model_id.encode()).hexdigest()[:16]
+        name = _index_name(model_id)
         with self.connection() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             conn.execute(
@@ -198,6 +205,39 @@ class Database:
             )
         with self._lock:
             self._indexed_models.add(model_id)
+
+    def index_params(self, model_id: str) -> dict[str, int] | None:
+        """The model's HNSW index build parameters ({"m", "ef_construction"}), or None if it has no index."""
+        with self.connection() as conn:
+            row = conn.execute("SELECT reloptions FROM pg_class WHERE relname = %s AND relkind = 'i'",
+                               (_index_name(model_id),)).fetchone()
+        if row is None:
+            return None
+        given = dict(option.split("=", 1) for option in row[0] or [])
+        return {key: int(given.get(key, default)) for key, default in PGVECTOR_HNSW_DEFAULTS.items()}
+
+    def outdated_indexes(self) -> dict[str, dict[str, int]]:
+        """model_id -> build parameters of each index built with other m / ef_construction than HNSW_M /
+        HNSW_EF_CONSTRUCTION (an index is never rebuilt on its own: an older database keeps its graph)."""
+        current = {"m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION}
+        found = {model_id: self.index_params(model_id) for model_id in self.stats()["models"]}
+        return {model_id: params for model_id, params in found.items() if params and params != current}
+
+    def rebuild_index(self, model_id: str) -> None:
+        """Rebuild the model's index with the current parameters; searches and inserts go on meanwhile."""
+        name = _index_name(model_id)
+        try:  # REINDEX CONCURRENTLY cannot run in a transaction block: its own autocommit connection
+            with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
+                # The graph must fit in maintenance_work_mem, or pgvector builds on disk, many times slower.
+                (needed_kb,) = conn.execute(
+                    "SELECT greatest(setting::bigint, pg_relation_size(%s::regclass) * 5 / 4 / 1024)"
+                    " FROM pg_settings WHERE name = 'maintenance_work_mem'", (name,)).fetchone()
+                conn.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(f"{needed_kb}kB")))
+                conn.execute(sql.SQL("ALTER INDEX {} SET (m = {}, ef_construction = {})").format(
+                    sql.Identifier(name), sql.Literal(HNSW_M), sql.Literal(HNSW_EF_CONSTRUCTION)))
+                conn.execute(sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(sql.Identifier(name)))
+        except psycopg.OperationalError:
+            raise DatabaseUnavailable(f"Lost the connection to the database at {self.description}; try again.") from None
 
     # -- references ---------------------------------------------------------------------------------
 

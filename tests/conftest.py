@@ -99,6 +99,22 @@ def db(_database):
 
 
 @pytest.fixture(scope="session")
+def age_index():
+    """age_index(url, model_id): rebuild the model's index with pgvector's default parameters (m 16,
+    ef_construction 64), as a database from before ef_construction was raised has it."""
+    import psycopg
+
+    def age(url: str, model_id: str) -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            (name,) = conn.execute("SELECT indexname FROM pg_indexes WHERE indexdef LIKE %s",
+                                   (f"%'{model_id}'%",)).fetchone()
+            conn.execute(f'ALTER INDEX "{name}" RESET (m, ef_construction)')
+            conn.execute(f'REINDEX INDEX "{name}"')
+
+    return age
+
+
+@pytest.fixture(scope="session")
 def embedder():
     """Untrained ViT-B-32, seeded: loaded once per test run, like the app's cached model."""
     from raiox_core.embedder import load_embedder

@@ -15,7 +15,9 @@ from raiox_core.config import Settings
 
 REQUIRED = [
     ("ingest", "images_per_s"), ("ingest", "speedup_vs_old"), ("ingest", "old_one_at_a_time", "images_per_s"),
-    ("ingest", "batched_no_overlap", "images_per_s"),
+    ("ingest", "batched_no_overlap", "images_per_s"), ("ingest", "paired_rounds", 0, "speedup"),
+    ("ingest", "paired_rounds", 0, "old", "images_per_s"), ("ingest", "paired_rounds", 0, "pipeline", "images_per_s"),
+    ("references", "hnsw_ef_construction"),
     ("match", 0, "p50_ms"), ("match", 0, "p95_ms"), ("match", 1, "p50_ms"), ("match", 1, "p95_ms"),
     ("match", 1, "stages_p50_ms", "embed"), ("match", 1, "stages_p50_ms", "search"),
     ("search", "clustered", "exact", "p50_ms"), ("search", "uniform", "exact", "p95_ms"),

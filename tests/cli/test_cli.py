@@ -105,6 +105,22 @@ def test_zip_ingest_on_s3_storage(run, tmp_path, files, s3_endpoint, s3_bucket):
     assert doctor.returncode == 0 and "pgvector" in doctor.stdout and "s3:" in doctor.stdout
 
 
+def test_doctor_names_an_index_built_with_older_parameters_and_repair_rebuilds_it(run, tmp_path, files, pg_url,
+                                                                                    age_index):
+    assert run("ingest", *write(tmp_path, files[:3])).returncode == 0
+    assert "indexes  current (m=16, ef_construction=128)" in run("doctor").stdout
+    age_index(pg_url, "ViT-B-32/untrained")
+    doctor = run("doctor")
+    assert doctor.returncode == 0
+    assert "ViT-B-32/untrained: built with m=16, ef_construction=64" in doctor.stdout
+    assert "`raiox doctor --repair` rebuilds" in doctor.stdout
+    repaired = run("doctor", "--repair")
+    assert repaired.returncode == 0 and "1 rebuilt with m=16, ef_construction=128" in repaired.stdout
+    assert "indexes  current" in run("doctor").stdout
+    match = json.loads(run("match", str(tmp_path / files[1][0]), "--json").stdout)[0]
+    assert match["matches"][0]["source_filename"] == files[1][0]
+
+
 def test_usage_and_configuration_errors(run, tmp_path):
     assert run("match").returncode == 2
     assert run("match", "x.png", "--k", "0").returncode == 2

@@ -4,7 +4,8 @@ import numpy as np
 import psycopg
 import pytest
 
-from raiox_core.db import DuplicateReference, Filters, migrate, migrations, named_queries, redact_url
+from raiox_core.db import (HNSW_EF_CONSTRUCTION, HNSW_M, DuplicateReference, Filters, migrate, migrations, named_queries,
+                           redact_url)
 
 MODEL = "test/model"
 
@@ -74,6 +75,27 @@ def test_search_uses_the_per_model_hnsw_index(db):
                                            " AND indexdef LIKE %s", (f"%'{MODEL}'%",))]
         names = defs
     assert len(names) == 1 and "m='16'" in defs[0].replace(" ", "") and "ef_construction='128'" in defs[0].replace(" ", "")
+
+
+def test_an_index_built_with_older_parameters_is_found_and_rebuilt_without_losing_vectors(db, age_index):
+    rng = np.random.default_rng(4)
+    vectors = [unit(rng) for _ in range(40)]
+    ids = [insert(db, i, v) for i, v in enumerate(vectors)]
+    current = {"m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION}
+    assert db.index_params(MODEL) == current and MODEL not in db.outdated_indexes()
+    assert db.index_params("no/such-model") is None
+
+    age_index(db.url, MODEL)
+    assert db.outdated_indexes()[MODEL] == {"m": 16, "ef_construction": 64}
+    db.rebuild_index(MODEL)
+    assert db.index_params(MODEL) == current and MODEL not in db.outdated_indexes()
+    hits = db.search(vectors[9], MODEL, k=3)
+    assert hits[0]["id"] == ids[9] and len(hits) == 3
+    with db.connection() as conn:  # one valid index for the model: no half-built copy of REINDEX CONCURRENTLY left
+        valid = [v for (v,) in conn.execute(
+            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " WHERE pg_get_indexdef(c.oid) LIKE %s", (f"%'{MODEL}'%",))]
+    assert valid == [True]
 
 
 def test_vectors_of_other_models_are_never_compared(db):
