@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("ids", nargs="+", type=int, metavar="ID")
 
     s = sub.add_parser("doctor", help="check the database, storage and model")
-    s.add_argument("--repair", action="store_true", help="also rebuild vector indexes built with older HNSW parameters, and remove stored images that no reference points to "
-                   "(older than 10 minutes: younger ones may belong to an ingestion in progress)")
+    s.add_argument("--repair", action="store_true", help="also rebuild vector indexes built with older HNSW "
+                   "parameters, and remove stored images that no reference points to (older than 10 minutes: "
+                   "younger ones may belong to an ingestion in progress)")
 
     s = sub.add_parser("reembed", help="compute a model's vectors for every reference that lacks them")
     s.add_argument("--model")

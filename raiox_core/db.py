@@ -224,18 +224,37 @@ class Database:
         return {model_id: params for model_id, params in found.items() if params and params != current}
 
     def rebuild_index(self, model_id: str) -> None:
-        """Rebuild the model's index with the current parameters; searches and inserts go on meanwhile."""
-        name = _index_name(model_id)
+        """Rebuild the model's index with the current parameters; searches and inserts go on meanwhile.
+
+        The parameters are set on the index first (REINDEX builds with them) and put back if the rebuild
+        fails, so `index_params` never claims a graph that was not built.
+        """
+        name = sql.Identifier(_index_name(model_id))
+        before = self.index_params(model_id)
+
+        def set_params(conn, params: dict[str, int]) -> None:
+            conn.execute(sql.SQL("ALTER INDEX {} SET (m = {}, ef_construction = {})").format(
+                name, sql.Literal(params["m"]), sql.Literal(params["ef_construction"])))
+
         try:  # REINDEX CONCURRENTLY cannot run in a transaction block: its own autocommit connection
             with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
                 # The graph must fit in maintenance_work_mem, or pgvector builds on disk, many times slower.
                 (needed_kb,) = conn.execute(
                     "SELECT greatest(setting::bigint, pg_relation_size(%s::regclass) * 5 / 4 / 1024)"
-                    " FROM pg_settings WHERE name = 'maintenance_work_mem'", (name,)).fetchone()
+                    " FROM pg_settings WHERE name = 'maintenance_work_mem'", (_index_name(model_id),)).fetchone()
                 conn.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(f"{needed_kb}kB")))
-                conn.execute(sql.SQL("ALTER INDEX {} SET (m = {}, ef_construction = {})").format(
-                    sql.Identifier(name), sql.Literal(HNSW_M), sql.Literal(HNSW_EF_CONSTRUCTION)))
-                conn.execute(sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(sql.Identifier(name)))
+                set_params(conn, {"m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION})
+                try:
+                    conn.execute(sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(name))
+                except psycopg.Error:
+                    if not conn.closed:
+                        set_params(conn, before)
+                        # A failed concurrent rebuild leaves its unfinished copy behind, invalid: drop it.
+                        conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
+                            sql.Identifier(_index_name(model_id) + "_ccnew")))
+                    raise
+        except psycopg.errors.QueryCanceled:
+            raise DatabaseUnavailable("The database stopped the rebuild (a statement timeout?); the index is unchanged.") from None
         except psycopg.OperationalError:
             raise DatabaseUnavailable(f"Lost the connection to the database at {self.description}; try again.") from None
 

@@ -98,6 +98,37 @@ def test_an_index_built_with_older_parameters_is_found_and_rebuilt_without_losin
     assert valid == [True]
 
 
+def test_a_rebuild_stopped_by_the_server_leaves_the_old_index_as_it_was(db, age_index, pg_url):
+    from raiox_core.db import Database
+    from raiox_core.errors import DatabaseUnavailable
+
+    rng = np.random.default_rng(5)
+    vectors = [unit(rng) for _ in range(3000)]  # a graph whose rebuild outlasts a 50 ms statement timeout
+    db.ensure_model_index(MODEL, 512)
+    with db.connection() as conn:
+        ids = [i for (i,) in conn.execute(
+            "INSERT INTO reference_implants (manufacturer, model, diameter_mm, source_filename, sha256, object_key,"
+            " width, height, source) SELECT 'Straumann', 'BL', 4.1, 'f' || g || '.png', lpad(to_hex(g), 64, '0'),"
+            " 'referencia/' || g || '.png', 100, 100, 'synthetic' FROM generate_series(1, 3000) g RETURNING id")]
+        conn.cursor().executemany("INSERT INTO embeddings (reference_id, model_id, dim, embedding)"
+                                  " VALUES (%s, %s, 512, %s)", [(i, MODEL, v) for i, v in zip(ids, vectors)])
+    age_index(db.url, MODEL)
+    impatient = Database(f"{pg_url}{'&' if '?' in pg_url else '?'}options=-c%20statement_timeout%3D50",
+                         description="test PostgreSQL")
+    try:
+        with pytest.raises(DatabaseUnavailable, match="index is unchanged"):
+            impatient.rebuild_index(MODEL)
+    finally:
+        impatient.close()
+    assert db.outdated_indexes()[MODEL] == {"m": 16, "ef_construction": 64}  # not claimed as rebuilt
+    with db.connection() as conn:
+        valid = [v for (v,) in conn.execute(
+            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " WHERE pg_get_indexdef(c.oid) LIKE %s", (f"%'{MODEL}'%",))]
+    assert valid == [True]  # the unfinished copy is gone, the old index still serves
+    assert db.search(vectors[7], MODEL, k=3)[0]["id"] == ids[7]
+
+
 def test_vectors_of_other_models_are_never_compared(db):
     rng = np.random.default_rng(2)
     v = unit(rng)
