@@ -4,8 +4,9 @@ import numpy as np
 import psycopg
 import pytest
 
-from raiox_core.db import (HNSW_EF_CONSTRUCTION, HNSW_M, DuplicateReference, Filters, migrate, migrations, named_queries,
-                           redact_url)
+from raiox_core.db import (HNSW_EF_CONSTRUCTION, HNSW_M, Database, DuplicateReference, Filters, migrate, migrations,
+                           named_queries, redact_url)
+from raiox_core.errors import DatabaseUnavailable
 
 MODEL = "test/model"
 
@@ -77,6 +78,14 @@ def test_search_uses_the_per_model_hnsw_index(db):
     assert len(names) == 1 and "m='16'" in defs[0].replace(" ", "") and "ef_construction='128'" in defs[0].replace(" ", "")
 
 
+def _index_validity(db) -> list[bool]:
+    """indisvalid of every index on MODEL's vectors (a failed concurrent rebuild leaves an invalid copy)."""
+    with db.connection() as conn:
+        return [v for (v,) in conn.execute(
+            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " WHERE pg_get_indexdef(c.oid) LIKE %s", (f"%'{MODEL}'%",))]
+
+
 def test_an_index_built_with_older_parameters_is_found_and_rebuilt_without_losing_vectors(db, age_index):
     rng = np.random.default_rng(4)
     vectors = [unit(rng) for _ in range(40)]
@@ -91,17 +100,10 @@ def test_an_index_built_with_older_parameters_is_found_and_rebuilt_without_losin
     assert db.index_params(MODEL) == current and MODEL not in db.outdated_indexes()
     hits = db.search(vectors[9], MODEL, k=3)
     assert hits[0]["id"] == ids[9] and len(hits) == 3
-    with db.connection() as conn:  # one valid index for the model: no half-built copy of REINDEX CONCURRENTLY left
-        valid = [v for (v,) in conn.execute(
-            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-            " WHERE pg_get_indexdef(c.oid) LIKE %s", (f"%'{MODEL}'%",))]
-    assert valid == [True]
+    assert _index_validity(db) == [True]  # one valid index: no half-built copy of REINDEX CONCURRENTLY left
 
 
 def test_a_rebuild_stopped_by_the_server_leaves_the_old_index_as_it_was(db, age_index, pg_url):
-    from raiox_core.db import Database
-    from raiox_core.errors import DatabaseUnavailable
-
     rng = np.random.default_rng(5)
     vectors = [unit(rng) for _ in range(3000)]  # a graph whose rebuild outlasts a 50 ms statement timeout
     db.ensure_model_index(MODEL, 512)
@@ -121,11 +123,7 @@ def test_a_rebuild_stopped_by_the_server_leaves_the_old_index_as_it_was(db, age_
     finally:
         impatient.close()
     assert db.outdated_indexes()[MODEL] == {"m": 16, "ef_construction": 64}  # not claimed as rebuilt
-    with db.connection() as conn:
-        valid = [v for (v,) in conn.execute(
-            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-            " WHERE pg_get_indexdef(c.oid) LIKE %s", (f"%'{MODEL}'%",))]
-    assert valid == [True]  # the unfinished copy is gone, the old index still serves
+    assert _index_validity(db) == [True]  # the unfinished copy is gone, the old index still serves
     assert db.search(vectors[7], MODEL, k=3)[0]["id"] == ids[7]
 
 
