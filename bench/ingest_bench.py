@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import statistics
 import time
 from contextlib import nullcontext
-
-import numpy as np
 
 from raiox_core.images import ImageLimits, prepare_image
 from raiox_core.ingest import Source, ingest
@@ -112,7 +111,6 @@ def run(env: BenchEnv, files: list[tuple[str, bytes]], batch_sizes: tuple[int, .
     out["pipeline"] = dict(sorted(out["pipeline"].items(), key=lambda kv: int(kv[0])))
     out["best_batch_size"] = int(max(out["pipeline"], key=lambda k: out["pipeline"][k]["images_per_s"]))
     out["images_per_s"] = out["pipeline"][str(default)]["images_per_s"]
-    speedups = sorted(r["speedup"] for r in out["paired_rounds"])
-    out["speedup_vs_old"] = round(float(np.median(speedups)), 2)
+    out["speedup_vs_old"] = round(statistics.median(r["speedup"] for r in out["paired_rounds"]), 2)
     env.reset()
     return out

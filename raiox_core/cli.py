@@ -263,15 +263,18 @@ def cmd_doctor(args, s: Session) -> int:
 
 def _index_check(db, repair: bool) -> str:
     """Indexes built with older HNSW parameters than the current ones: named, or rebuilt with --repair."""
-    from .db import HNSW_EF_CONSTRUCTION, HNSW_M
+    from .db import HNSW_PARAMS
+
+    def shown(params: dict[str, int]) -> str:
+        return ", ".join(f"{key}={value}" for key, value in params.items())
 
     outdated = db.outdated_indexes()
-    current = f"m={HNSW_M}, ef_construction={HNSW_EF_CONSTRUCTION}"
+    current = shown(HNSW_PARAMS)
     if not outdated:
         return f"current ({current})"
     if not repair:
-        return "; ".join(f"{model}: built with m={p['m']}, ef_construction={p['ef_construction']}" for model, p in
-                         outdated.items()) + f" (current: {current}; `raiox doctor --repair` rebuilds, searches go on)"
+        return "; ".join(f"{model}: built with {shown(p)}" for model, p in outdated.items()) \
+            + f" (current: {current}; `raiox doctor --repair` rebuilds, searches go on)"
     for model in outdated:
         print(f"Rebuilding the index of {model} with {current}...", flush=True)
         db.rebuild_index(model)

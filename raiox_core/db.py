@@ -33,6 +33,7 @@ EXACT_SEARCH_MAX_ROWS = 20_000
 # ef_search 100 costs ~2 ms more per search than 40, where a match spends ~70 ms in the encoder
 # (bench/README.md, "HNSW parameters").
 HNSW_M, HNSW_EF_CONSTRUCTION, DEFAULT_EF_SEARCH = 16, 128, 100
+HNSW_PARAMS = {"m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION}  # as index_params reports them
 # A filtered HNSW scan keeps about ef_search * (candidates / rows) rows: with more than EXACT_SEARCH_MAX_ROWS
 # candidates that is >= 10 up to ~800k vectors per model (bench/README.md: beyond, search exactly or upgrade).
 FILTERED_EF_SEARCH = 400
@@ -217,11 +218,10 @@ class Database:
         return {key: int(given.get(key, default)) for key, default in PGVECTOR_HNSW_DEFAULTS.items()}
 
     def outdated_indexes(self) -> dict[str, dict[str, int]]:
-        """model_id -> build parameters of each index built with other m / ef_construction than HNSW_M /
-        HNSW_EF_CONSTRUCTION (an index is never rebuilt on its own: an older database keeps its graph)."""
-        current = {"m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION}
-        found = {model_id: self.index_params(model_id) for model_id in self.stats()["models"]}
-        return {model_id: params for model_id, params in found.items() if params and params != current}
+        """model_id -> build parameters of each index built with other parameters than HNSW_PARAMS (an
+        index is never rebuilt on its own: an older database keeps its graph until `rebuild_index`)."""
+        found = {r["model_id"]: self.index_params(r["model_id"]) for r in self.query("count-by-model-id")}
+        return {model_id: params for model_id, params in found.items() if params and params != HNSW_PARAMS}
 
     def rebuild_index(self, model_id: str) -> None:
         """Rebuild the model's index with the current parameters; searches and inserts go on meanwhile.
@@ -229,7 +229,8 @@ class Database:
         The parameters are set on the index first (REINDEX builds with them) and put back if the rebuild
         fails, so `index_params` never claims a graph that was not built.
         """
-        name = sql.Identifier(_index_name(model_id))
+        index = _index_name(model_id)
+        name = sql.Identifier(index)
         before = self.index_params(model_id)
 
         def set_params(conn, params: dict[str, int]) -> None:
@@ -241,9 +242,9 @@ class Database:
                 # The graph must fit in maintenance_work_mem, or pgvector builds on disk, many times slower.
                 (needed_kb,) = conn.execute(
                     "SELECT greatest(setting::bigint, pg_relation_size(%s::regclass) * 5 / 4 / 1024)"
-                    " FROM pg_settings WHERE name = 'maintenance_work_mem'", (_index_name(model_id),)).fetchone()
+                    " FROM pg_settings WHERE name = 'maintenance_work_mem'", (index,)).fetchone()
                 conn.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(f"{needed_kb}kB")))
-                set_params(conn, {"m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION})
+                set_params(conn, HNSW_PARAMS)
                 try:
                     conn.execute(sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(name))
                 except psycopg.Error:
@@ -251,7 +252,7 @@ class Database:
                         set_params(conn, before)
                         # A failed concurrent rebuild leaves its unfinished copy behind, invalid: drop it.
                         conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
-                            sql.Identifier(_index_name(model_id) + "_ccnew")))
+                            sql.Identifier(index + "_ccnew")))
                     raise
         except psycopg.errors.QueryCanceled:
             raise DatabaseUnavailable("The database stopped the rebuild (a statement timeout?); the index is unchanged.") from None

@@ -4,7 +4,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from raiox_core.db import (HNSW_EF_CONSTRUCTION, HNSW_M, Database, DuplicateReference, Filters, migrate, migrations,
+from raiox_core.db import (HNSW_PARAMS, Database, DuplicateReference, Filters, migrate, migrations,
                            named_queries, redact_url)
 from raiox_core.errors import DatabaseUnavailable
 
@@ -90,7 +90,7 @@ def test_an_index_built_with_older_parameters_is_found_and_rebuilt_without_losin
     rng = np.random.default_rng(4)
     vectors = [unit(rng) for _ in range(40)]
     ids = [insert(db, i, v) for i, v in enumerate(vectors)]
-    current = {"m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION}
+    current = HNSW_PARAMS
     assert db.index_params(MODEL) == current and MODEL not in db.outdated_indexes()
     assert db.index_params("no/such-model") is None
 
