@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from .allocator import keep_freed_memory
 from .errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -259,6 +260,8 @@ def load_embedder(model: str = "ViT-B-32", pretrained: str = "laion2b_s34b_b79k"
     if not trained:
         log.warning("Raiox is using UNTRAINED %s weights: matches are not meaningful.", model)
     embedder = Embedder(clip, model_id_for(model, pretrained), dim, size, mean, std, device, trained)
+    if device == "cpu":
+        keep_freed_memory()
     if precision == "auto":
         _try_int8(embedder)
     return embedder

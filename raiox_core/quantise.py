@@ -1,7 +1,8 @@
 """int8 inference for the image tower's linear layers on CPU, one scale per token.
 
 The transformer's matrix products (attention in/out projections and the MLP, ~97% of ViT-B-32's
-FLOPs) run as fbgemm int8 GEMMs: weights quantised per output channel, activations per row (token).
+FLOPs) and the patch embedding (a convolution whose stride is its kernel: one product over the
+image's patches) run as fbgemm int8 GEMMs: weights quantised per output channel, activations per row (token).
 fbgemm's dynamic linear picks one activation range for its whole input, which would make an image's
 vector depend on the other images in its batch; so each row is first scaled to max |x| = 1 and a guard
 row spanning [-1, 1] pins that range. Integer accumulation is exact, so a row's result depends on that
@@ -83,11 +84,39 @@ def _linear_forward(linear):
     return _RowInt8Linear(linear.weight, linear.bias)
 
 
+def _patch_forward(conv):
+    """An int8 replacement for a patch-embedding Conv2d (kernel = stride, no padding), or None.
+
+    Each patch is one row of the product (so one scale per patch); ~2 ms per image less than the fp32
+    convolution at batch 16 on the bench machine.
+    """
+    size, stride = conv.kernel_size, conv.stride
+    if size != stride or size[0] != size[1] or conv.padding not in ((0, 0), "valid") or conv.dilation != (1, 1) \
+            or conv.groups != 1:
+        return None
+    linear = _RowInt8Linear(conv.weight.reshape(conv.out_channels, -1), conv.bias)
+    side = size[0]
+
+    def forward(x):
+        batch, channels, height, width = x.shape  # the model's input side, a multiple of the patch side
+        rows, cols = height // side, width // side
+        patches = x.reshape(batch, channels, rows, side, cols, side).permute(0, 2, 4, 1, 3, 5)
+        out = linear(patches.reshape(batch * rows * cols, channels * side * side))
+        return out.reshape(batch, rows, cols, -1).permute(0, 3, 1, 2)  # the convolution's (n, c, h, w) layout
+
+    return forward
+
+
 class Int8Tower:
     """The int8 forwards of one open_clip image tower; `active` swaps them in, `fp32()` out again."""
 
     def __init__(self, visual):
+        from torch.nn import Conv2d
+
         self._forwards = []
+        patch = _patch_forward(visual.conv1) if isinstance(getattr(visual, "conv1", None), Conv2d) else None
+        if patch is not None:
+            self._forwards.append((visual.conv1, patch))
         for block in visual.transformer.resblocks:
             self._forwards.append((block.attn, _attention_forward(block.attn)))
             self._forwards.append((block.mlp.c_fc, _linear_forward(block.mlp.c_fc)))

@@ -90,6 +90,20 @@ def test_cpu_encodes_int8_within_cosine_0999_of_fp32(embedder):
     assert not np.allclose(int8, fp32, atol=1e-6)  # it really is another computation
 
 
+def test_int8_patch_embedding_follows_the_convolution(embedder):
+    conv = embedder.model.visual.conv1
+    pixels = embedder.to_tensor(images(2, seed=6))
+    assert "forward" in conv.__dict__  # the int8 tower's replacement is active ...
+    with torch.inference_mode():
+        int8 = conv(pixels)
+        with embedder.fp32():
+            assert "forward" not in conv.__dict__  # ... and fp32() puts the convolution back
+            fp32 = conv(pixels)
+    assert int8.shape == fp32.shape == (2, 768, 7, 7)
+    per_patch = torch.nn.functional.cosine_similarity(int8, fp32, dim=1)
+    assert per_patch.min() >= 0.999 and not torch.allclose(int8, fp32, atol=1e-6)
+
+
 def test_fp32_precision_setting_skips_int8():
     plain = load_embedder("ViT-B-32", "none", "cpu", precision="fp32")
     assert plain.precision == "fp32" and plain.int8 is None and plain.int8_min_cosine is None
