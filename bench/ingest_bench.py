@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import resource
 import statistics
 import time
 from contextlib import nullcontext
@@ -59,12 +60,15 @@ def _pipeline(files, env: BenchEnv, storage, batch_size: int, per_call: int | No
 def _run(label: str, fn, files, env: BenchEnv, **kwargs) -> dict:
     env.reset()
     storage = env.storage(label)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt  # pages the kernel had to map in (all threads)
     start = time.perf_counter()
     count = fn(files, env, storage, **kwargs)
     seconds = time.perf_counter() - start
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     if count != len(files):
         raise RuntimeError(f"{label}: stored {count} of {len(files)} images")
-    return {"images": count, "seconds": round(seconds, 2), "images_per_s": round(count / seconds, 2)}
+    return {"images": count, "seconds": round(seconds, 2), "images_per_s": round(count / seconds, 2),
+            "page_faults_per_image": round(faults / count)}
 
 
 def _paired_rounds(files, env: BenchEnv, batch_size: int, rounds: int) -> list[dict]:

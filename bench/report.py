@@ -122,21 +122,24 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _run_cells(run: dict) -> str:
+    """images/s, seconds and page faults of one ingestion run (reports before faults were counted show -)."""
+    return f"{run['images_per_s']} | {run['seconds']} | {run.get('page_faults_per_image', '-')} |"
+
+
 def _details(f: dict) -> list[str]:
     out: list[str] = []
     if ing := f.get("ingest"):
         old, current = ing["old_one_at_a_time"], ing.get("one_at_a_time_current_encoder")
         out += [f"### (a) Ingestion, {ing['images']} synthetic radiographs, local storage, embedded PostgreSQL", "",
-                "| way | encoder | images/s | seconds |", "|---|---|---|---|",
-                f"| old: one at a time (1 model call, 1 INSERT + commit each) | {old['encoder']} | "
-                f"{old['images_per_s']} | {old['seconds']} |"]
+                "| way | encoder | images/s | seconds | page faults/image |", "|---|---|---|---|---|",
+                f"| old: one at a time (1 model call, 1 INSERT + commit each) | {old['encoder']} | {_run_cells(old)}"]
         if current:
-            out.append(f"| one at a time, current encoder | {current['encoder']} | {current['images_per_s']} | "
-                       f"{current['seconds']} |")
+            out.append(f"| one at a time, current encoder | {current['encoder']} | {_run_cells(current)}")
         nb = ing["batched_no_overlap"]
-        out.append(f"| batched, no overlap (batch {nb['batch']}) | {ing['encoder']} | {nb['images_per_s']} | {nb['seconds']} |")
+        out.append(f"| batched, no overlap (batch {nb['batch']}) | {ing['encoder']} | {_run_cells(nb)}")
         out += [f"| pipeline, batch {bs}{' (default)' if int(bs) == ing['default_batch_size'] else ''} | "
-                f"{ing['encoder']} | {r['images_per_s']} | {r['seconds']} |" for bs, r in ing["pipeline"].items()]
+                f"{ing['encoder']} | {_run_cells(r)}" for bs, r in ing["pipeline"].items()]
         if rounds := ing.get("paired_rounds"):
             out += ["", f"The old way and the default pipeline ran back to back {len(rounds)} time(s); the rows above "
                     "show the median run of each, and the speed-up is the median of the pairs' ratios:", "",

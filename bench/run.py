@@ -43,7 +43,7 @@ class BenchSizes:
     cold_numba: bool
 
 
-FULL = BenchSizes(ingest_images=500, ingest_batch_sizes=(8, 16, 32), ingest_rounds=3, n_small=10_000, n_large=100_000,
+FULL = BenchSizes(ingest_images=500, ingest_batch_sizes=(8, 16, 32), ingest_rounds=5, n_small=10_000, n_large=100_000,
                   match_queries=200, stage_queries=40, search_queries=200, encoder_images=32,
                   encoder_batch_sizes=(1, 8, 16, 32), encoder_min_seconds=4.0, memory_matches=20, query_images=50,
                   cold_numba=True)

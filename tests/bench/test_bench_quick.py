@@ -56,6 +56,8 @@ def test_quick_bench_produces_every_figure(tmp_path):
         assert report["versions"][key] and report["versions"][key] != "not installed"
     missing = [path for path in REQUIRED if not _positive(_at(report["figures"], path))]
     assert missing == []
+    runs = [report["figures"]["ingest"]["old_one_at_a_time"], *report["figures"]["ingest"]["pipeline"].values()]
+    assert all(isinstance(r["page_faults_per_image"], int) and r["page_faults_per_image"] >= 0 for r in runs)
     for part in ("clustered", "uniform"):
         for ef in ("20", "40", "100"):
             row = report["figures"]["search"][part]["hnsw"][ef]
