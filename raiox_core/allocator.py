@@ -2,8 +2,8 @@
 
 A batch allocates and frees megabyte-sized tensors by the hundred. By default glibc hands such blocks
 back to the kernel (mmap above a threshold it adapts as it goes, heap trimming above another), and the
-next batch faults every page back in, zeroed by the kernel: 300-4,000 page faults per ingested image
-in the pipeline, ~20 with the thresholds below (bench/README.md). PyTorch's tuning guide suggests
+next batch faults every page back in, zeroed by the kernel: 300-4,400 page faults per ingested image
+in the pipeline, 0-1 with the thresholds below (bench/README.md). PyTorch's tuning guide suggests
 jemalloc or tcmalloc for the same reason; mallopt needs no preload and applies to the running process.
 """
 

@@ -2,7 +2,8 @@
 
 The transformer's matrix products (attention in/out projections and the MLP, ~97% of ViT-B-32's
 FLOPs) and the patch embedding (a convolution whose stride is its kernel: one product over the
-image's patches) run as fbgemm int8 GEMMs: weights quantised per output channel, activations per row (token).
+image's patches) run as fbgemm int8 GEMMs: weights quantised per output channel, activations per row
+(token or patch).
 fbgemm's dynamic linear picks one activation range for its whole input, which would make an image's
 vector depend on the other images in its batch; so each row is first scaled to max |x| = 1 and a guard
 row spanning [-1, 1] pins that range. Integer accumulation is exact, so a row's result depends on that

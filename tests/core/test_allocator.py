@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-# 20 allocations of 40 MB, each written to (bytes, not numpy, which asks for huge pages): glibc maps blocks that size afresh and faults all their pages
-# in (~10,000 faults each) unless keep_freed_memory() raised its thresholds.
+# 20 allocations of 40 MB, each written to (bytes, not numpy, which asks for huge pages): glibc maps
+# blocks that size afresh and faults all their pages in (~10,000 each) unless keep_freed_memory() ran.
 SCRIPT = """
 import resource, sys
 from raiox_core.allocator import keep_freed_memory
