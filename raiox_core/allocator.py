@@ -21,7 +21,8 @@ _USER_TUNED = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
 
 def keep_freed_memory() -> bool:
-    """Raise both thresholds once per process; False where there is no glibc or the user tuned malloc.
+    """Raise both thresholds for the process (again on each model load: harmless); False where there is
+    no glibc or the user tuned malloc.
 
     Both are set together: setting either one alone turns off glibc's adaptive threshold, and then
     (measured) every block above the default 128 kB is mapped or trimmed afresh: far more faults.

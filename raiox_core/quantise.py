@@ -1,4 +1,4 @@
-"""int8 inference for the image tower's linear layers on CPU, one scale per token.
+"""int8 inference for the image tower's matrix products on CPU, one scale per token or patch.
 
 The transformer's matrix products (attention in/out projections and the MLP, ~97% of ViT-B-32's
 FLOPs) and the patch embedding (a convolution whose stride is its kernel: one product over the
