@@ -29,6 +29,11 @@ def _cpu_flags() -> list[str]:
     return sorted(f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f in flags)
 
 
+# Widest first: the first flag present names the machine's vector unit in result file names.
+_ISA_TAGS = (("amx_tile", "amx"), ("avx512_vnni", "avx512vnni"), ("avx512f", "avx512"), ("avx_vnni", "avxvnni"),
+             ("avx2", "avx2"))
+
+
 def _ram_gb() -> float | None:
     try:
         text = Path("/proc/meminfo").read_text()
@@ -54,9 +59,14 @@ def describe_machine() -> dict:
     cpu = _cpuinfo_model()
     cores = os.cpu_count() or 1
     ram = _ram_gb()
-    slug = re.sub(r"[^a-z0-9]+", "-", cpu.lower()).strip("-")[:24] + f"-{cores}c-{round(ram or 0)}gb"
+    flags = _cpu_flags()
+    # The same model name ("AMD EPYC" on a VM) can hide AVX2-only or AVX-512 VNNI hosts, whose int8
+    # figures differ by 2x: the widest vector unit is part of the name.
+    isa = next((tag for flag, tag in _ISA_TAGS if flag in flags), "")
+    name = re.sub(r"[^a-z0-9]+", "-", cpu.lower()).strip("-")[:24]
+    slug = f"{name}{'-' + isa if isa else ''}-{cores}c-{round(ram or 0)}gb"
     return {
-        "cpu": cpu, "cores": cores, "cpu_flags": _cpu_flags(), "ram_gb": ram, "gpu": _gpu() or "none",
+        "cpu": cpu, "cores": cores, "cpu_flags": flags, "ram_gb": ram, "gpu": _gpu() or "none",
         "os": f"{platform.system()} {platform.release()}", "hypervisor": _hypervisor(), "slug": slug,
     }
 
