@@ -19,6 +19,15 @@ def _cpuinfo_model() -> str:
     return found.group(1).strip() if found else platform.machine()
 
 
+# Widest first: the first flag present names the machine's vector unit in result file names.
+_ISA_TAGS = (("amx_tile", "amx"), ("avx512_vnni", "avx512vnni"), ("avx512f", "avx512"), ("avx_vnni", "avxvnni"),
+             ("avx2", "avx2"))
+
+
+# What the report lists: the vector units above, plus fused multiply-add.
+_REPORTED_FLAGS = ("fma", *(flag for flag, _ in _ISA_TAGS))
+
+
 def _cpu_flags() -> list[str]:
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -26,12 +35,7 @@ def _cpu_flags() -> list[str]:
         return []
     found = re.search(r"^flags\s*:\s*(.+)$", text, flags=re.M)
     flags = set(found.group(1).split()) if found else set()
-    return sorted(f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f in flags)
-
-
-# Widest first: the first flag present names the machine's vector unit in result file names.
-_ISA_TAGS = (("amx_tile", "amx"), ("avx512_vnni", "avx512vnni"), ("avx512f", "avx512"), ("avx_vnni", "avxvnni"),
-             ("avx2", "avx2"))
+    return sorted(f for f in _REPORTED_FLAGS if f in flags)
 
 
 def _ram_gb() -> float | None:
