@@ -1,4 +1,7 @@
-"""Dashboard entrypoint: routing only (st.navigation over pages/)."""
+"""Dashboard entrypoint: routing only (st.navigation over pages/).
+
+Icons are Streamlit's bundled Material Symbols: emoji render as empty boxes on machines without emoji fonts.
+"""
 
 from pathlib import Path
 
@@ -8,8 +11,9 @@ from app.widgets import sidebar
 
 PAGES = Path(__file__).resolve().parent.parent / "pages"
 
+# The favicon alone is an emoji: Streamlit fetches a :material/...: favicon from fonts.gstatic.com, off this machine.
 st.set_page_config(page_title="Raiox: implant identification", page_icon="🦷", layout="wide")
-match = st.Page(PAGES / "match.py", title="Match an X-ray", icon="🔍", url_path="match")
+match = st.Page(PAGES / "match.py", title="Match an X-ray", icon=":material/search:", url_path="match")
 
 
 def home() -> None:
@@ -21,9 +25,9 @@ page = st.navigation(
     [
         st.Page(home, title="Home", url_path="home", default=True, visibility="hidden"),
         match,
-        st.Page(PAGES / "references.py", title="References", icon="🗂️", url_path="references"),
-        st.Page(PAGES / "explorer.py", title="Embedding explorer", icon="🧭", url_path="explorer"),
-        st.Page(PAGES / "ingest.py", title="Ingest (staff)", icon="📥", url_path="ingest"),
+        st.Page(PAGES / "references.py", title="References", icon=":material/photo_library:", url_path="references"),
+        st.Page(PAGES / "explorer.py", title="Embedding explorer", icon=":material/scatter_plot:", url_path="explorer"),
+        st.Page(PAGES / "ingest.py", title="Ingest (staff)", icon=":material/upload:", url_path="ingest"),
     ]
 )
 sidebar()

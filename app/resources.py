@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import streamlit as st
 
 from raiox_core.config import Settings
 from raiox_core.db import Database, open_database
-from raiox_core.embedder import Embedder, load_from_settings
+from raiox_core.embedder import Embedder
 from raiox_core.images import ImageLimits
+from raiox_core.model_state import ModelState, load_model_state
 from raiox_core.storage import Storage, open_storage
 
 
@@ -37,9 +40,51 @@ def get_storage() -> Storage:
     return open_storage(get_settings())
 
 
-@st.cache_resource(show_spinner="Loading the image model (once per server)…")
+class _Unavailable(Exception):
+    """Carries an unavailable ModelState out of the cached loader: exceptions are not cached, so it is retried."""
+
+    def __init__(self, state: ModelState):
+        super().__init__(state.reason)
+        self.state = state
+
+
+@st.cache_resource(show_spinner="Loading the image model (once per server)…", max_entries=4)
+def _usable_model_state(model: str, pretrained: str, device: str, precision: str, fallback: bool) -> ModelState:
+    """One loaded model per configuration (the arguments are the cache key: a changed setting loads anew)."""
+    state = load_model_state(get_settings())
+    if not state.usable:
+        raise _Unavailable(state)
+    return state
+
+
+UNAVAILABLE_RETRY_S = 30.0  # weights that could not be loaded are looked for again after this long, not on every rerun
+_last_failure: dict[tuple, tuple[float, ModelState]] = {}
+
+
+def get_model_state() -> ModelState:
+    """The active model's state, loaded once per server; shown in the sidebar from every page's first render."""
+    settings = get_settings()
+    key = (settings.model, settings.pretrained, settings.device, settings.precision, settings.untrained_fallback)
+    failed = _last_failure.get(key)
+    if failed and time.monotonic() - failed[0] < UNAVAILABLE_RETRY_S:
+        return failed[1]
+    try:
+        state = _usable_model_state(*key)
+    except _Unavailable as exc:
+        _last_failure[key] = (time.monotonic(), exc.state)
+        return exc.state
+    _last_failure.pop(key, None)
+    return state
+
+
 def get_embedder() -> Embedder:
-    return load_from_settings(get_settings())
+    """The loaded model; ModelLoadError (reason and fix) when it is unavailable."""
+    return get_model_state().require()
+
+
+def active_model_id() -> str:
+    """The model id whose vectors the pages show and search (the untrained one after a demo's fallback)."""
+    return get_model_state().model_id
 
 
 def get_limits() -> ImageLimits:
@@ -112,11 +157,3 @@ def cached_embeddings(model_id: str):
     labels = pd.DataFrame([{c: r[c] for c in columns} for r in rows], columns=columns)
     vectors = np.stack([as_vector(r["embedding"]) for r in rows]) if rows else np.empty((0, 0), np.float32)
     return labels, vectors
-
-
-@st.cache_data(show_spinner=False, max_entries=8)
-def cached_model_id(model: str, pretrained: str) -> str:
-    """The model_id the app's vectors carry, without loading the model (a checkpoint file is hashed once)."""
-    from raiox_core.embedder import model_id_for
-
-    return model_id_for(model, pretrained)

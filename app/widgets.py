@@ -1,46 +1,103 @@
-"""Shared UI pieces: the sidebar status, the untrained-weights warning, error display."""
+"""Shared UI pieces: the sidebar status, the model-state warning, the missing-vectors notice, error display,
+and the escaping that keeps user text (labels, file names) text."""
 
 from __future__ import annotations
 
+import html
+import re
+
 import streamlit as st
 
-from app.resources import cached_stats, get_db, get_settings, get_storage
-from raiox_core.embedder import UNTRAINED, model_id_for
+from app.resources import cached_stats, clear_query_caches, get_db, get_model_state, get_settings, get_storage
 from raiox_core.errors import RaioxError
+from raiox_core.model_state import UNAVAILABLE, UNTRAINED
 
 DISCLAIMER = "Decision support, not a diagnosis: confirm every identification clinically."
 
 
 def untrained_warning() -> None:
-    """Shown on every page while the weights are untrained: matches are then not meaningful."""
-    if get_settings().pretrained.lower() == UNTRAINED:
-        st.warning(
-            "**Untrained model weights** (RAIOX_PRETRAINED=none): similarities and matches are NOT meaningful. "
-            "Set RAIOX_PRETRAINED to a pretrained tag or a checkpoint file for real use.",
-            icon="⚠️",
-        )
+    """Shown on every page while the weights are untrained (matches are then not meaningful), with the reason."""
+    state = get_model_state()
+    if state.status == UNTRAINED:
+        st.warning(md_escape(state.message), icon=":material/warning:")
+
+
+def _database_status(embedded: bool) -> None:
+    kind = "embedded" if embedded else "external"
+    try:
+        db = get_db()
+        db.ping()  # a live check: the cached counts below may be up to a minute old
+        stats = cached_stats()
+    except RaioxError as exc:
+        st.error(f"Database ({kind}) unreachable: {md_escape(exc)}")
+        return
+    st.markdown(f"**Database** ({kind}): reachable")
+    st.caption(md_escape(db.description))
+    st.metric("References", stats["references"])
+
+
+def _model_status() -> None:
+    state = get_model_state()
+    if state.status == UNAVAILABLE:
+        st.error(f"**Model unavailable**: {md_escape(' '.join(p for p in (state.reason, state.fix) if p))}",
+                 icon=":material/error:")
+    elif state.status == UNTRAINED:
+        st.markdown("**Model**: untrained")
+    else:
+        st.markdown("**Model**: loaded")
+    st.caption(md_escape(state.model_id))
 
 
 def sidebar() -> None:
-    """Database, storage, reference count, model id, and the disclaimer, on every page."""
+    """Database, storage, reference count, the model's state, and the disclaimer, on every page."""
     settings = get_settings()
     with st.sidebar:
-        kind = "embedded" if settings.embedded_database else "external"
+        _database_status(settings.embedded_database)
         try:
-            description = get_db().description
-            stats = cached_stats()
-            st.markdown(f"**Database** ({kind}): reachable")
-            st.caption(description)
-            st.metric("References", stats["references"])
+            st.caption(f"Storage: {md_escape(get_storage().description)}")
         except RaioxError as exc:
-            st.error(f"Database ({kind}) unreachable: {exc}")
-        try:
-            st.caption(f"Storage: {get_storage().description}")
-        except RaioxError as exc:
-            st.error(str(exc))
-        st.caption(f"Model: `{model_id_for(settings.model, settings.pretrained)}`")
+            show_error(exc)
+        _model_status()
         untrained_warning()
         st.caption(DISCLAIMER)
+
+
+def missing_vectors_notice(key: str) -> None:
+    """Say plainly when references lack the active model's vectors, with the command and a staff button for it."""
+    from app.auth import require_staff  # auth needs the resources module that this one imports first
+
+    state = get_model_state()
+    try:
+        stats = cached_stats()
+    except RaioxError:
+        return  # the sidebar says the database is unreachable
+    missing = stats["references"] - stats["models"].get(state.model_id, 0)
+    if missing <= 0:
+        return
+    st.warning(
+        f"{missing} of {stats['references']} references have no vectors for the active model "
+        f"{md_escape(state.model_id)}, so they cannot be matched or mapped until these are computed: run "
+        "`raiox reembed` with the same settings, or compute them here (staff).", icon=":material/info:")
+    if not state.usable:
+        return  # the sidebar says why the model is unavailable; nothing can be computed
+    with st.expander("Compute the missing vectors (staff)"):
+        if require_staff(f"{key}_reembed") and st.button(f"Compute {missing} vectors", key=f"{key}_reembed_go"):
+            _reembed(state.embedder)
+
+
+def _reembed(embedder) -> None:
+    from raiox_core.catalogue import reembed
+
+    bar = st.progress(0.0, text="Computing vectors…")
+    try:
+        added = reembed(get_db(), get_storage(), embedder,
+                        progress=lambda done, total: bar.progress(done / total, text=f"{done} of {total} references"))
+    except RaioxError as exc:
+        show_error(exc)
+        return
+    clear_query_caches()
+    st.toast(f"{added} references embedded with {embedder.model_id}.")
+    st.rerun()
 
 
 def show_error(exc: RaioxError) -> None:
@@ -61,14 +118,24 @@ def session_memo(name: str, key, compute):
     return slot[1]
 
 
-import re  # noqa: E402  (appended section: shared helpers are added at the end of this module)
-
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~:$&])")
+
+
+# Streamlit's Markdown turns bare URLs, "www." names, e-mail addresses and :shortcodes: into links or emoji
+# by searching the text after escapes are resolved, so a backslash cannot stop it; an invisible word
+# joiner (U+2060) after each ':', after "www" and before each '@' breaks those patterns and shows nothing.
+_AUTOLINK_BREAK = re.compile(r"(?<=:)|(?<=www)(?=\.)|(?=@)", re.IGNORECASE)
+WORD_JOINER = "\u2060"
 
 
 def md_escape(text: object) -> str:
     """User data (labels, file names) made inert for st.markdown/st.caption: shown as typed, never as markup."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", _AUTOLINK_BREAK.sub(WORD_JOINER, str(text)))
+
+
+def plot_text(text: object) -> str:
+    """User data made inert for plotly, which renders a little HTML (<a href>, <b>, <br>) in labels and legends."""
+    return html.escape(str(text), quote=False)
 
 
 def pager(num_pages: int, key: str) -> int:

@@ -14,9 +14,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from app.resources import cached_embeddings, get_db, get_embedder, get_limits, get_settings, get_storage
-from app.widgets import show_error
-from raiox_core.embedder import model_id_for
+from app.resources import active_model_id, cached_embeddings, get_db, get_embedder, get_limits, get_settings, get_storage
+from app.widgets import md_escape, missing_vectors_notice, plot_text, show_error
 from raiox_core.errors import RaioxError
 from raiox_core.evaluate import TOP_K, Evaluation, evaluate
 from raiox_core.images import prepare_image, thumbnail_png
@@ -25,8 +24,18 @@ from raiox_core.projection import METRICS, ProjectionParams, cached_projection, 
 MIN_REFERENCES = 5
 MAX_SHOWN = 12  # thumbnails shown for a box/lasso selection
 MAX_CONFUSION_LABELS = 40  # a larger model confusion matrix shows only the most confused labels
-SYMBOLS_3D = ["circle", "diamond", "square", "cross", "x", "circle-open", "diamond-open", "square-open"]
-COLOURS = px.colors.qualitative.Dark24 + px.colors.qualitative.Light24
+# One symbol per model, the same in 2-D and 3-D: plotly's 3-D markers are a few glyphs, of which "cross" and
+# "x" come out as thin bars (or an emoji box), so only the filled and open circle, diamond and square are used.
+SYMBOLS = ["circle", "diamond", "square", "circle-open", "diamond-open", "square-open"]
+QUERY_COLOUR = "black"  # no manufacturer gets black or grey (below), so the query stands out from every cluster
+
+
+def _chromatic(colour: str) -> bool:
+    rgb = [int(colour[i:i + 2], 16) for i in (1, 3, 5)]
+    return max(rgb) - min(rgb) >= 0x30  # greys and near-blacks would read as the query or its ring
+
+
+COLOURS = [c for c in px.colors.qualitative.Dark24 + px.colors.qualitative.Light24 if _chromatic(c)]
 
 
 class _Progress:
@@ -86,13 +95,17 @@ def _controls() -> ProjectionParams:
 
 
 def _figure(df: pd.DataFrame, dims: int, query_xy: np.ndarray | None, neighbour_ids: list[int]) -> go.Figure:
-    hover = {"diameter": ":.1f", "source_filename": True, "id": True, "manufacturer": False, "model": False,
-             "x": False, "y": False}
+    # Plotly renders a little HTML in names, legends and hover: user text goes in escaped. The diameter is
+    # shown as stored (3.75 stays 3.75), not rounded by a number format.
+    df = df.assign(**{c: df[c].map(plot_text) for c in ("manufacturer", "model", "label", "source_filename")},
+                   diameter_text=df["diameter"].map(lambda d: f"{d:g}"))
+    hover = {"diameter_text": True, "source_filename": True, "id": True, "manufacturer": False, "model": False,
+             "diameter": False, "x": False, "y": False}
     common = dict(color="manufacturer", symbol="model", hover_name="label", custom_data=["id"],
-                  color_discrete_sequence=COLOURS, labels={"source_filename": "file", "diameter": "diameter (mm)"})
+                  color_discrete_sequence=COLOURS, symbol_sequence=SYMBOLS,
+                  labels={"source_filename": "file", "diameter_text": "diameter (mm)"})
     if dims == 3:
-        fig = px.scatter_3d(df, x="x", y="y", z="z", hover_data={**hover, "z": False}, symbol_sequence=SYMBOLS_3D,
-                            **common)
+        fig = px.scatter_3d(df, x="x", y="y", z="z", hover_data={**hover, "z": False}, **common)
         fig.update_traces(marker_size=4)
     else:
         fig = px.scatter(df, x="x", y="y", hover_data=hover, **common)
@@ -110,7 +123,7 @@ def _figure(df: pd.DataFrame, dims: int, query_xy: np.ndarray | None, neighbour_
         xyz = {"x": [query_xy[0]], "y": [query_xy[1]], **({"z": [query_xy[2]]} if dims == 3 else {})}
         fig.add_trace(trace(**xyz, mode="markers", name="query", hovertext=["uploaded X-ray"], hoverinfo="text",
                             marker=dict(symbol="diamond" if dims == 3 else "star", size=10 if dims == 3 else 20,
-                                        color="red", line=dict(width=1, color="black"))))
+                                        color=QUERY_COLOUR, line=dict(width=1, color="white"))))
     fig.update_layout(height=640, legend=dict(itemsizing="constant"), margin=dict(l=10, r=10, t=30, b=10))
     return fig
 
@@ -121,7 +134,7 @@ def _show_references(df: pd.DataFrame, ids: list[int]) -> None:
         if ref_id not in rows.index:
             continue
         r = rows.loc[ref_id]
-        caption = f"#{ref_id} · {r['label']} · {r['diameter']:.1f} mm · {r['source_filename']}"
+        caption = md_escape(f"#{ref_id} · {r['label']} · {r['diameter']:g} mm · {r['source_filename']}")
         try:
             st.image(_thumbnail(r["object_key"]), caption=caption)
         except RaioxError as exc:  # the image is missing or unreadable: the label is still useful
@@ -145,10 +158,11 @@ def _confusion_heatmap(cm: pd.DataFrame, title: str) -> None:
 
 st.title("Embedding explorer")
 settings = get_settings()
-model_id = model_id_for(settings.model, settings.pretrained)  # no need to load the model to draw the map
+model_id = active_model_id()  # the untrained id after a demo's fallback: the vectors that exist
 st.caption(f"How the reference implants cluster in the vector space of `{model_id}`. Only this model's vectors "
            "are shown; each point is one reference.")
 
+missing_vectors_notice("explorer")
 try:
     labels, vectors = cached_embeddings(model_id)
 except RaioxError as exc:
@@ -204,16 +218,19 @@ with side_col:
             show_error(exc)
         else:
             neighbour_ids = [n["id"] for n in neighbours]
-            st.image(query_thumb, caption=upload.name)
-            st.dataframe(
-                pd.DataFrame([{"reference": f"{n['manufacturer']} {n['model']}", "mm": n["diameter_mm"],
-                               "similarity": round(float(n["similarity"]), 3), "id": n["id"]} for n in neighbours]),
-                hide_index=True, width="stretch",
-            )
+            st.image(query_thumb, caption=md_escape(upload.name))
 
 with map_col:
     event = st.plotly_chart(_figure(df, dims, query_xy, neighbour_ids), width="stretch", key="explorer_map",
                             on_select="rerun", selection_mode=("points", "box", "lasso"))
+    if neighbour_ids:  # under the map, not in the narrow side column, which cut the similarity off
+        st.markdown("**Nearest references of the X-ray**")
+        st.dataframe(
+            pd.DataFrame([{"reference": f"{n['manufacturer']} {n['model']}", "mm": f"{n['diameter_mm']:g}",
+                           "similarity": round(float(n["similarity"]), 3), "id": n["id"]} for n in neighbours]),
+            hide_index=True, width="stretch", key="explorer_neighbours",
+            column_config={"similarity": st.column_config.NumberColumn(format="%.3f")},
+        )
     st.download_button(
         "Download the map as CSV", df[["id", "manufacturer", "model", "diameter", *["x", "y", "z"][:dims]]]
         .to_csv(index=False).encode(), file_name=f"raiox-{projection.method}-{dims}d.csv", mime="text/csv",

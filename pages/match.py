@@ -10,8 +10,8 @@ import plotly.express as px
 import streamlit as st
 from PIL import Image
 
-from app.resources import cached_stats, get_db, get_embedder, get_limits, get_settings, get_storage
-from app.widgets import DISCLAIMER, md_escape, session_memo, show_error, untrained_warning
+from app.resources import cached_stats, get_db, get_limits, get_model_state, get_settings, get_storage
+from app.widgets import DISCLAIMER, md_escape, missing_vectors_notice, plot_text, session_memo, show_error, untrained_warning
 from raiox_core.compare import adjust, compare
 from raiox_core.db import Filters
 from raiox_core.errors import RaioxError
@@ -33,20 +33,42 @@ def reference_thumbnail(object_key: str) -> bytes:
 
 
 def vote_chart(shares, title: str, threshold: float | None = None):
+    """Horizontal bars of the vote; the dashed threshold line's label sits above the plot, clear of the bars."""
     top = shares[:8]
-    fig = px.bar(x=[s.probability for s in top], y=[s.label for s in top], orientation="h", title=title,
+    fig = px.bar(x=[s.probability for s in top], y=[plot_text(s.label) for s in top], orientation="h", title=title,
                  labels={"x": "share of the vote", "y": ""}, range_x=[0, 1])
-    fig.update_layout(yaxis={"autorange": "reversed"}, height=120 + 32 * len(top), margin={"t": 40, "b": 10})
+    fig.update_layout(yaxis={"autorange": "reversed"}, height=150 + 32 * len(top), margin={"t": 70, "b": 10})
     fig.update_xaxes(tickformat=".0%")
     if threshold is not None:
-        fig.add_vline(x=threshold, line_dash="dash", annotation_text="confidence threshold")
+        fig.add_vline(x=threshold, line_dash="dash")
+        fig.add_annotation(x=threshold, y=1, yref="paper", yanchor="bottom", showarrow=False,
+                           text=f"confidence threshold {threshold:.0%}")
     return fig
+
+
+def show_answer(result) -> None:
+    """The answer in words; green only when it is confident, with which vote the percentage is a share of."""
+    if result.exact is not None:
+        st.success(md_escape(result.summary) + " It is shown first among the references below when the filter allows.",
+                   icon=":material/verified:")
+    elif result.confident:
+        st.success(md_escape(result.summary), icon=":material/check_circle:")
+    else:
+        st.warning(md_escape(result.summary), icon=":material/help:")
+    if result.restricted_to:
+        st.caption(f"Restricted to {md_escape(result.restricted_to)}: its share of the manufacturer vote is 100% "
+                   "by construction, so the confidence is the leading model's share among its references.")
 
 
 st.title("Match an X-ray")
 st.caption("No patient data is asked for or kept: only a hash of the normalised image is logged, never the "
            f"file or its name. {DISCLAIMER}")
 untrained_warning()
+state = get_model_state()
+if not state.usable:
+    st.error(f"Matching is unavailable: the image model could not be loaded. {md_escape(state.reason)}",
+             icon=":material/error:")
+    st.stop()
 
 try:
     stats = cached_stats()
@@ -57,6 +79,7 @@ if not stats["references"]:
     st.info("There are no reference implants to compare with yet. Staff can add labelled X-rays on the "
             "**Ingest** page, or load the synthetic demo set with `raiox demo`.")
     st.stop()
+missing_vectors_notice("match")
 
 # type=None: a DICOM often has no extension, and the core reads the real format from the bytes anyway.
 upload = st.file_uploader("X-ray of one implant", type=None, key="match_upload",
@@ -65,6 +88,13 @@ if upload is None:
     # Removing the file forgets the X-ray and its result too: nothing of it outlives its use.
     for name in ("match_original", "match_result"):
         st.session_state.pop(name, None)
+    st.stop()
+
+try:
+    # Decoded once per upload, before any control is drawn: a refused file shows its reason alone.
+    original = session_memo("match_original", upload.file_id, lambda: prepare_image(upload.getvalue(), get_limits()))
+except RaioxError as exc:
+    show_error(exc)
     st.stop()
 
 settings = get_settings()
@@ -79,8 +109,7 @@ with controls:
     manufacturer = st.selectbox("Manufacturer", [ANY, *sorted(stats["by_manufacturer"])], key="match_manufacturer")
 
 try:
-    # Decoded once per upload; the adjusted query is cheap to redo from the normalised 512 px image.
-    original = session_memo("match_original", upload.file_id, lambda: prepare_image(upload.getvalue(), get_limits()))
+    # The adjusted query is cheap to redo from the normalised 512 px image.
     query = adjust(original, quarter + fine, (xs[0] / 100, ys[0] / 100, xs[1] / 100, ys[1] / 100))
 except RaioxError as exc:
     show_error(exc)
@@ -93,7 +122,7 @@ filters = Filters(manufacturer=None if manufacturer == ANY else manufacturer)
 
 def run_match():
     with st.spinner("Comparing with the references…"):
-        return match_image(query, db=get_db(), embedder=get_embedder(), threshold=settings.match_threshold,
+        return match_image(query, db=get_db(), embedder=state.embedder, threshold=settings.match_threshold,
                            k=k, filters=filters)
 
 
@@ -104,20 +133,19 @@ try:
 except RaioxError as exc:
     show_error(exc)
     st.stop()
+show_answer(result)
 if not result.matches:
-    st.info("No reference has an embedding for this model and filter yet: try another manufacturer, or ask "
+    st.info("No reference has vectors for this model and filter yet: try another manufacturer, or ask "
             "staff to run `raiox reembed`.")
     st.stop()
 
-if result.confident:
-    st.success(f"Leading answer: **{result.answer}** ({result.confidence:.0%} of the vote for "
-               f"{result.manufacturer_vote[0].label}).")
+if result.restricted_to:  # the manufacturer vote is the filter's, not the model's: only the model vote is shown
+    st.plotly_chart(vote_chart(result.model_vote, f"Model, among {plot_text(result.restricted_to)}",
+                               settings.match_threshold if result.confidence_of == "model" else None))
 else:
-    st.warning(f"**No confident match**: the leading manufacturer has {result.confidence:.0%} of the vote, "
-               f"below the {settings.match_threshold:.0%} needed. Compare the candidates yourself.")
-chart_left, chart_right = st.columns(2)
-chart_left.plotly_chart(vote_chart(result.manufacturer_vote, "Manufacturer", settings.match_threshold))
-chart_right.plotly_chart(vote_chart(result.model_vote, "Model"))
+    chart_left, chart_right = st.columns(2)
+    chart_left.plotly_chart(vote_chart(result.manufacturer_vote, "Manufacturer", settings.match_threshold))
+    chart_right.plotly_chart(vote_chart(result.model_vote, "Model"))
 
 st.subheader("Most similar references")
 for start in range(0, len(result.matches), 5):
@@ -126,7 +154,7 @@ for start in range(0, len(result.matches), 5):
             try:
                 st.image(reference_thumbnail(m.object_key), width=200)
             except RaioxError as exc:
-                st.caption(f"Image unavailable: {exc}")
+                st.caption(f"Image unavailable: {md_escape(exc)}")
             st.markdown(f"**{rank}. {md_escape(m.label)}**  \nØ {m.diameter_mm:g} mm")
             st.metric("Similarity", f"{m.similarity:.1%}")
             if m.source == "synthetic":
@@ -144,14 +172,14 @@ else:
     comparison = compare(query.image, reference)
     left, middle, right = st.columns(3)
     left.image(query.image, caption="Query", width=300)
-    middle.image(reference, caption=f"{chosen.label} Ø {chosen.diameter_mm:g} mm", width=300)
+    middle.image(reference, caption=f"{md_escape(chosen.label)} Ø {chosen.diameter_mm:g} mm", width=300)
     right.plotly_chart(px.imshow(comparison.diff, color_continuous_scale="inferno", zmin=0, zmax=255,
                                  title="Absolute difference"))
     st.metric("SSIM", f"{comparison.ssim:.3f}", help="Structural similarity of the pixels: 1.000 means identical.")
 
 st.subheader("Feedback")
 with st.form("match_feedback"):
-    verdict = st.radio(f"The top match, {result.matches[0].label}, is", ["correct", "wrong"], index=None,
+    verdict = st.radio(f"The top match, {md_escape(result.matches[0].label)}, is", ["correct", "wrong"], index=None,
                        horizontal=True, key="match_verdict")
     right_answer = st.text_input("The right answer (optional)", max_chars=200, key="match_right_answer")
     if st.form_submit_button("Save feedback"):

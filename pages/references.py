@@ -6,7 +6,6 @@ User data (labels, file names) is shown as plain text: st.text, st.dataframe, or
 
 from __future__ import annotations
 
-import html
 import math
 
 import pandas as pd
@@ -15,7 +14,7 @@ import streamlit as st
 
 from app.auth import require_staff, sign_out_button
 from app.resources import (
-    cached_model_id,
+    active_model_id,
     cached_neighbours,
     cached_reference_count,
     cached_reference_list,
@@ -23,10 +22,9 @@ from app.resources import (
     cached_thumbnail,
     clear_query_caches,
     get_db,
-    get_settings,
     get_storage,
 )
-from app.widgets import md_escape, pager, show_error
+from app.widgets import md_escape, pager, plot_text, show_error
 from raiox_core.catalogue import delete_reference, relabel
 from raiox_core.errors import ImageRejected, NotFound, RaioxError, StorageError
 from raiox_core.naming import MAX_DIAMETER_MM, MIN_DIAMETER_MM
@@ -38,6 +36,7 @@ MAX_LABEL_CHARS = 100
 ANY = "All"
 FLASH = "ref_flash"  # session key: a message that survives the rerun after a change
 RESET_FORM = "ref_reset_form"  # session key: the reference whose relabel form starts afresh after a save
+MAX_ID = 2**63 - 1  # ids are PostgreSQL bigints
 
 
 def _label(row: dict) -> str:
@@ -46,8 +45,15 @@ def _label(row: dict) -> str:
 
 def _selected() -> int | None:
     """The reference shown in detail lives in the URL, so /references?id=12 can be shared or linked to."""
-    wanted = st.query_params.get("id", "")
-    return int(wanted) if wanted.isdigit() else None
+    wanted = st.query_params.get("id", "").strip()
+    if not wanted:
+        return None
+    # isdigit() alone admits '²' and other digits that int() refuses; ids are plain ASCII numbers.
+    if wanted.isascii() and wanted.isdigit() and 0 < int(wanted) <= MAX_ID:
+        return int(wanted)
+    st.error(f"The address asks for reference {md_escape(wanted[:40])}, but a reference id is a positive whole number "
+             "such as ?id=12.")
+    return None
 
 
 def _select(reference_id: int | None) -> None:
@@ -100,8 +106,8 @@ def counts_chart(stats: dict) -> None:
         return
     df = pd.DataFrame(stats["by_label"], columns=["manufacturer", "model", "count"])
     # Plotly renders a little HTML in labels (<b>, <a href>): escape it so a label is only ever text.
-    df["manufacturer"] = df["manufacturer"].map(html.escape)
-    df["label"] = df["manufacturer"] + " " + df["model"].map(html.escape)
+    df["manufacturer"] = df["manufacturer"].map(plot_text)
+    df["label"] = df["manufacturer"] + " " + df["model"].map(plot_text)
     fig = px.bar(df, x="label", y="count", color="manufacturer", labels={"label": "Model", "count": "References"})
     fig.update_layout(height=320, margin=dict(l=10, r=10, t=10, b=10), legend_title_text="Manufacturer")
     st.plotly_chart(fig, key="ref_counts_chart")
@@ -121,8 +127,7 @@ def gallery(query: dict, total: int) -> None:
 
 
 def neighbours(reference_id: int) -> None:
-    settings = get_settings()
-    model_id = cached_model_id(settings.model, settings.pretrained)
+    model_id = active_model_id()
     st.markdown("**Nearest references** (cosine similarity of the stored vectors)")
     found = cached_neighbours(reference_id, model_id, NEIGHBOURS)
     if found is None:
@@ -144,16 +149,19 @@ def staff_actions(row: dict) -> None:
         return
     sign_out_button("references")
     ref_id = row["id"]
-    if st.session_state.pop(RESET_FORM, None) == ref_id:  # show the labels as stored (canonicalised)
-        for field in ("manufacturer", "model", "diameter"):
-            st.session_state.pop(f"relabel_{ref_id}_{field}", None)
+    stored = {"manufacturer": row["manufacturer"], "model": row["model"], "diameter": float(row["diameter_mm"])}
+    reset = st.session_state.pop(RESET_FORM, None) == ref_id
+    for field, value in stored.items():
+        # Assigned, not popped: a browser keeps showing a widget's last value unless the server sets a new
+        # one, so after a save the stored (canonicalised) labels replace what was typed.
+        if reset or f"relabel_{ref_id}_{field}" not in st.session_state:
+            st.session_state[f"relabel_{ref_id}_{field}"] = value
     with st.form(f"relabel_{ref_id}"):
         c1, c2, c3 = st.columns(3)
-        manufacturer = c1.text_input("Manufacturer", value=row["manufacturer"], max_chars=MAX_LABEL_CHARS,
-                                     key=f"relabel_{ref_id}_manufacturer")
-        model = c2.text_input("Model", value=row["model"], max_chars=MAX_LABEL_CHARS, key=f"relabel_{ref_id}_model")
+        manufacturer = c1.text_input("Manufacturer", max_chars=MAX_LABEL_CHARS, key=f"relabel_{ref_id}_manufacturer")
+        model = c2.text_input("Model", max_chars=MAX_LABEL_CHARS, key=f"relabel_{ref_id}_model")
         diameter = c3.number_input("Diameter (mm)", min_value=MIN_DIAMETER_MM, max_value=MAX_DIAMETER_MM,
-                                   value=float(row["diameter_mm"]), step=0.1, format="%.2f", key=f"relabel_{ref_id}_diameter")
+                                   step=0.1, format="%.2f", key=f"relabel_{ref_id}_diameter")
         if st.form_submit_button("Save labels"):
             try:
                 relabel(get_db(), ref_id, manufacturer, model, diameter)
@@ -197,7 +205,7 @@ def detail(reference_id: int) -> None:
                 show_error(exc)
         with meta_col:
             if row["source"] == "synthetic":
-                st.warning("Synthetic image: generated for demos and tests, not a real radiograph.", icon="🧪")
+                st.warning("Synthetic image: generated for demos and tests, not a real radiograph.", icon=":material/science:")
             st.text(_label(row))
             meta = {
                 "Manufacturer": row["manufacturer"],
@@ -207,10 +215,12 @@ def detail(reference_id: int) -> None:
                 "Original size": f"{row['width']} x {row['height']} px",
                 "Source": row["source"],
                 "Added": row["created_at"].strftime("%Y-%m-%d %H:%M:%S %Z").strip(),
-                "SHA-256": row["sha256"],
             }
             st.dataframe(pd.DataFrame({"Field": list(meta), "Value": [str(v) for v in meta.values()]}),
                          hide_index=True)
+            # Not a table cell, which cuts 64 hex digits off: a wrapped code block shows it whole, with a copy button.
+            st.caption("SHA-256 of the normalised image")
+            st.code(row["sha256"], language=None, wrap_lines=True)
         neighbours(row["id"])
         st.divider()
         staff_actions(row)

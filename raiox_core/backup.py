@@ -1,14 +1,16 @@
 """Backup and restore: references, their vectors (every model_id) and images in one portable zip archive.
 
 Archive layout (format "raiox-backup", version 1), readable with any zip tool, json and numpy:
-  manifest.json        format, version, created_at, counts, and one entry per model_id
+  manifest.json        format, version, created_at, counts, one entry per model_id, and missing_images: the
+                       references left out because their stored image was missing (labels, sha256, old id)
   references.jsonl     one reference per line: labels, file name, sha256, size, source; line n is reference n
   vectors/NNN.npy      float32 (count, dim) of one model_id; vectors/NNN.refs.npy: int32 line numbers
   images/<sha256>.png  the stored, normalised image
 No pg_dump and no database ids: restore works into the embedded or an external PostgreSQL, any storage,
-and assigns new ids. Restore follows ingestion's rules: per reference, the row and all its vectors are
-committed only after its image (checked against its sha256) is stored; references already present are
-skipped, so running it again changes nothing.
+and assigns new ids. Restore checks the whole archive first (every member inflated only as far as it can
+legitimately be, every image against its sha256), then follows ingestion's rules: per reference, the row
+and all its vectors are committed only after its image is stored; references already present are
+skipped (their image is put back if it was lost), so running it again changes nothing.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ import numpy as np
 from PIL import Image
 from psycopg.rows import dict_row
 
+from .catalogue import remove_unreferenced, restore_missing_image
 from .db import Database, DuplicateReference, Filters, named_queries
-from .errors import RaioxError, StorageError
+from .errors import DatabaseUnavailable, RaioxError, StorageError
 from .files import atomic_file
 from .images import NORMALISED_SIDE, _encode_png, _pixel_hash  # the exact hash and clean encoding ingestion uses
-from .storage import Storage, reference_key
+from .storage import REFERENCE_PREFIX, Storage, reference_key
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]  # (done, total, stage)
@@ -41,10 +44,15 @@ Progress = Callable[[int, int, str], None]  # (done, total, stage)
 FORMAT, VERSION = "raiox-backup", 1
 MANIFEST, REFERENCES = "manifest.json", "references.jsonl"
 SOURCES = ("upload", "synthetic", "restore")  # the schema's CHECK on reference_implants.source
-MAX_DIM = 16_000  # pgvector's limit
-# Members are read whole: cap their declared sizes (zipfile never inflates past them), so that a hostile
-# archive cannot fill memory. A normalised 512x512 grey PNG is well under 1 MB even when incompressible.
-MAX_IMAGE_BYTES, MAX_MEMBER_BYTES = 8 << 20, 4 << 30
+MAX_DIM = 2_000  # pgvector's limit for an HNSW-indexed vector: restore indexes every model
+# What each member can legitimately hold, so that a hostile archive cannot fill memory: every member is
+# read through a stream that stops one byte past its bound (its header's size may lie). A normalised
+# 512x512 grey PNG is well under 1 MB even when incompressible; a manifest is a few kB plus one record
+# per missing image; a record is a few hundred bytes (labels, a file name of at most 255 characters).
+MAX_IMAGE_BYTES, MAX_MANIFEST_BYTES, MAX_RECORD_BYTES, NPY_HEADER_BYTES = 8 << 20, 16 << 20, 8 << 10, 4096
+# float32 embeddings barely deflate (about 1.1x): a vectors member inflating far more than that is a bomb,
+# however many references the manifest claims. This bounds the memory vectors take by the archive's size.
+MAX_VECTOR_RATIO = 8
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TEXT_FIELDS = ("manufacturer", "model", "source_filename", "source")
 
@@ -81,20 +89,38 @@ def backup(db: Database, storage: Storage, path: Path, progress: Progress | None
     """Write every reference, its vectors and its image to the zip archive `path`.
 
     The archive is written beside `path` and renamed into place at the end, so a failed backup never
-    leaves a partial file under that name. Returns {"references": n, "vectors": m}.
+    leaves a partial file under that name. A reference whose stored image is missing is left out and
+    listed in the manifest's missing_images, so the archive restores the rest. Returns
+    {"references": n, "vectors": m, "missing": [ids of the references left out]}.
     """
     path = Path(path)
     if path.is_dir():
         raise BackupError(f"{path} is a folder; give a file name for the backup, e.g. raiox-backup.zip.")
     references, by_model = _snapshot(db)
-    line_of = {r["id"]: n for n, r in enumerate(references)}
     total = len(references)
     if progress:
         progress(0, total, "images")
     try:
         with atomic_file(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as archive:
+            kept, missing = [], []
+            for done, ref in enumerate(references, 1):
+                stored = _stored_image(storage, ref["object_key"])
+                if stored is None:
+                    missing.append(ref)
+                else:
+                    # Checked on the way out too: a corrupt stored image is found now, not at restore time.
+                    png = _verified_png(stored, ref["sha256"], f"storage ({ref['object_key']})")
+                    archive.writestr(_image_member(ref["sha256"]), png, zipfile.ZIP_STORED)  # PNG: compressed already
+                    kept.append(ref)
+                if progress:
+                    progress(done, total, "images")
+            line_of = {r["id"]: n for n, r in enumerate(kept)}
             models = []
-            for number, (model_id, rows) in enumerate(sorted(by_model.items())):
+            for model_id, rows in sorted(by_model.items()):
+                rows = [r for r in rows if r["id"] in line_of]
+                if not rows:
+                    continue
+                number = len(models)
                 matrix = np.stack([_vector(r["embedding"]) for r in rows])
                 refs = np.array([line_of[r["id"]] for r in rows], dtype=np.int32)
                 entry = {"model_id": model_id, "dim": int(matrix.shape[1]), "count": len(rows),
@@ -102,22 +128,27 @@ def backup(db: Database, storage: Storage, path: Path, progress: Progress | None
                 archive.writestr(entry["vectors"], _npy(matrix))
                 archive.writestr(entry["refs"], _npy(refs))
                 models.append(entry)
-            archive.writestr(REFERENCES, "".join(json.dumps(_record(r), ensure_ascii=False) + "\n" for r in references))
-            for done, ref in enumerate(references, 1):
-                # Checked on the way out too: a corrupt stored image is found now, not at restore time.
-                png = _verified_png(storage.get(ref["object_key"]), ref["sha256"], f"storage ({ref['object_key']})")
-                archive.writestr(_image_member(ref["sha256"]), png, zipfile.ZIP_STORED)  # PNG: compressed already
-                if progress:
-                    progress(done, total, "images")
-            counts = {"references": total, "vectors": sum(m["count"] for m in models)}
+            archive.writestr(REFERENCES, "".join(json.dumps(_record(r), ensure_ascii=False) + "\n" for r in kept))
+            counts = {"references": len(kept), "vectors": sum(m["count"] for m in models)}
             manifest = {"format": FORMAT, "version": VERSION, "created_at": datetime.now(timezone.utc).isoformat(),
-                        "counts": counts, "models": models}
+                        "counts": counts, "models": models,
+                        "missing_images": [{"id": r["id"]} | _record(r) for r in missing]}
             archive.writestr(MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False))
     except OSError as exc:
         raise BackupError(f"Cannot write {path}: {exc.strerror or exc}.") from None
     if progress:
         progress(total, total, "done")
-    return counts
+    return counts | {"missing": [r["id"] for r in missing]}
+
+
+def _stored_image(storage: Storage, key: str) -> bytes | None:
+    """The stored bytes under `key`, or None when there is no such object (storage that is down still raises)."""
+    try:
+        return storage.get(key)
+    except StorageError:
+        if storage.exists(key):
+            raise
+        return None
 
 
 def _record(ref: dict) -> dict:
@@ -135,8 +166,9 @@ def _npy(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _verified_png(png: bytes, sha256: str, where: str) -> bytes:
-    """The normalised image re-encoded without any metadata, after checking its pixels hash to `sha256`."""
+def _verified_png(png: bytes, sha256: str, where: str, encode: bool = True) -> bytes:
+    """The normalised image re-encoded without any metadata, after checking its pixels hash to `sha256`
+    (with encode=False only the check, returning b"")."""
     try:
         with Image.open(io.BytesIO(png), formats=["PNG"]) as img:
             # Stored images are square 8-bit grey of at most NORMALISED_SIDE: anything else is not one of ours,
@@ -145,7 +177,7 @@ def _verified_png(png: bytes, sha256: str, where: str) -> bytes:
                 raise ValueError("not a normalised image")
             img.load()
             matches = _pixel_hash(img) == sha256
-            clean = _encode_png(img)
+            clean = _encode_png(img) if encode else b""
     except Exception:  # untrusted bytes: PIL raises many types
         matches = False
     if not matches:
@@ -157,34 +189,46 @@ def _verified_png(png: bytes, sha256: str, where: str) -> bytes:
 
 
 def restore(db: Database, storage: Storage, path: Path, progress: Progress | None = None) -> dict:
-    """Load an archive written by `backup`; returns {"restored": n, "skipped": m} (m: already present).
+    """Load an archive written by `backup`; returns {"restored": n, "skipped": m, "images_restored": k}
+    (m: already present; k of them had lost their stored image, which the archive's copy put back).
 
-    The whole archive is checked (manifest, records, vectors, zip checksums) before anything is written.
-    Then each reference is restored all or nothing; a failure stops the restore with a one-sentence
-    error, and running it again resumes where it stopped.
+    The whole archive is checked before anything is written: manifest, records, vectors, every member's
+    zip checksum and every image against its sha256, each member inflated only as far as it can
+    legitimately be. Then each reference is restored all or nothing; a failure (storage or database
+    down) stops the restore with a one-sentence error, and running it again resumes where it stopped.
     """
     path = Path(path)
     with _open_archive(path) as archive:
         name = path.name
         references, vectors = _read_archive(archive, name)
-        total, restored, skipped = len(references), 0, 0
-        if progress:
-            progress(0, total, "restoring")
+        total, restored, skipped, repaired = len(references), 0, 0, 0
+        for done, record in enumerate(references, 1):  # one image in memory at a time
+            _image(archive, record["sha256"], name, encode=False)
+            if progress:
+                progress(done, total, "checking")
+        stored = None  # the keys in storage, listed once if some reference is present already
         for start in range(0, total, 256):
             chunk = references[start : start + 256]
             known = db.existing([r["sha256"] for r in chunk])
             for number, record in enumerate(chunk, start):
-                if record["sha256"] in known:
+                sha = record["sha256"]
+                if sha in known:
                     skipped += 1
-                    continue
-                png = _verified_png(archive.read(_image_member(record["sha256"])), record["sha256"], name)
-                if _restore_one(db, storage, record, vectors[number], png):
+                    stored = set(storage.list_keys(REFERENCE_PREFIX)) if stored is None else stored
+                    if reference_key(sha) not in stored:  # lost its image: the archive's copy puts it back
+                        repaired += restore_missing_image(db, storage, sha, _image(archive, sha, name))
+                elif _restore_one(db, storage, record, vectors[number], _image(archive, sha, name)):
                     restored += 1
                 else:
                     skipped += 1  # restored meanwhile by someone else
             if progress:
                 progress(start + len(chunk), total, "restoring" if start + len(chunk) < total else "done")
-    return {"restored": restored, "skipped": skipped}
+    return {"restored": restored, "skipped": skipped, "images_restored": repaired}
+
+
+def _image(archive: zipfile.ZipFile, sha256: str, name: str, encode: bool = True) -> bytes:
+    member = _image_member(sha256)
+    return _verified_png(_member(archive, member, MAX_IMAGE_BYTES, name), sha256, name, encode)
 
 
 def _restore_one(db: Database, storage: Storage, record: dict, vectors: dict[str, np.ndarray], png: bytes) -> bool:
@@ -201,10 +245,10 @@ def _restore_one(db: Database, storage: Storage, record: dict, vectors: dict[str
     except DuplicateReference:
         return False
     except BaseException:
-        if stored:  # the commit failed after the image was written: take it back
+        if stored:  # the commit failed after the image was written: take it back, unless a row has it after all
             try:
-                storage.delete(key)
-            except StorageError:
+                remove_unreferenced(db, storage, key)
+            except (StorageError, DatabaseUnavailable):
                 log.error("Could not remove %s after a failed commit; `raiox doctor --repair` will.", key)
         raise
     return True
@@ -219,47 +263,69 @@ def _open_archive(path: Path):
     except (zipfile.BadZipFile, OSError, ValueError):
         raise BackupError(f"{path.name} is not a Raiox backup: it is not a readable zip archive.") from None
     with archive:
-        try:
-            yield archive
-        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-            # Only reachable if the file changes under us: testzip() checked every member first.
-            raise BackupError(f"{path.name} could not be read ({type(exc).__name__}); is it complete?") from None
+        yield archive
+
+
+def _damaged(name: str, detail: str) -> BackupError:
+    return BackupError(f"{name} is damaged: {detail}.")
+
+
+def _member(archive: zipfile.ZipFile, member: str, cap: int, name: str) -> bytes:
+    """A member's bytes, checked against its zip checksum, never inflated past `cap` bytes.
+
+    The size in the member's header is checked first (a bomb is refused without inflating it), but it
+    can lie, so the stream is read only to cap + 1 bytes: what comes out is bounded either way.
+    """
+    with _reading(archive, member, cap, name) as f:
+        data = f.read(cap + 1)
+    if len(data) > cap:
+        raise _damaged(name, f"{member[:80]!r} is implausibly large")
+    return data
+
+
+@contextlib.contextmanager
+def _reading(archive: zipfile.ZipFile, member: str, cap: int, name: str):
+    """An open member whose header claims at most `cap` bytes; read errors (a bad checksum) become BackupError."""
+    try:
+        info = archive.getinfo(member)
+    except KeyError:
+        raise _damaged(name, f"{member[:80]!r} is missing") from None
+    if info.file_size > cap:
+        raise _damaged(name, f"{member[:80]!r} is implausibly large")
+    try:
+        with archive.open(info) as f:
+            yield f
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError):
+        # A bad CRC, a truncated file, encryption or an unknown compression method.
+        raise _damaged(name, f"{member[:80]!r} is corrupt or cannot be read") from None
 
 
 def _read_archive(archive: zipfile.ZipFile, name: str) -> tuple[list[dict], list[dict[str, np.ndarray]]]:
     """Validated references and, per reference, {model_id: vector}; BackupError naming the first problem."""
 
     def damaged(detail: str) -> BackupError:
-        return BackupError(f"{name} is damaged: {detail}.")
+        return _damaged(name, detail)
 
     members = set(archive.namelist())
     if MANIFEST not in members:
         raise BackupError(f"{name} is not a Raiox backup: it has no {MANIFEST}.")
     try:
-        manifest = json.loads(archive.read(MANIFEST))
-    except (ValueError, zipfile.BadZipFile, EOFError, zlib.error):
+        manifest = json.loads(_member(archive, MANIFEST, MAX_MANIFEST_BYTES, name))
+    except (ValueError, RecursionError):
         raise damaged(f"its {MANIFEST} cannot be read") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BackupError(f"{name} is not a Raiox backup: its {MANIFEST} is of another format.")
     if manifest.get("version") != VERSION:
         raise BackupError(f"{name} is a Raiox backup of format version {manifest.get('version')!r}; "
                           f"this Raiox reads version {VERSION}.")
-    for info in archive.infolist():
-        if info.file_size > (MAX_IMAGE_BYTES if info.filename.startswith("images/") else MAX_MEMBER_BYTES):
-            raise damaged(f"{info.filename[:80]!r} is implausibly large")
-    bad = archive.testzip()  # every member's CRC, before anything is written
-    if bad is not None:
-        raise damaged(f"{bad[:80]!r} is corrupt")
-    if REFERENCES not in members:
-        raise damaged(f"{REFERENCES} is missing")
-    try:
-        lines = archive.read(REFERENCES).decode("utf-8").splitlines()
-        references = [_check_record(json.loads(line)) for line in lines if line.strip()]
-    except (ValueError, TypeError, KeyError) as exc:
-        raise damaged(f"a record in {REFERENCES} is invalid ({exc})") from None
     counts = manifest.get("counts") if isinstance(manifest.get("counts"), dict) else {}
-    if counts.get("references") != len(references):
-        raise damaged(f"{MANIFEST} counts {counts.get('references')!r} references, {REFERENCES} holds {len(references)}")
+    claimed = counts.get("references")
+    # Each reference has its own image member, so the count is bounded by what the zip's directory holds.
+    if isinstance(claimed, bool) or not isinstance(claimed, int) or not 0 <= claimed <= len(members):
+        raise damaged(f"{MANIFEST} counts {claimed!r} references")
+    references = _read_records(archive, claimed, name)
+    if claimed != len(references):
+        raise damaged(f"{MANIFEST} counts {claimed!r} references, {REFERENCES} holds {len(references)}")
     if len({r["sha256"] for r in references}) != len(references):
         raise damaged("it lists the same image twice")
     missing = [r["sha256"] for r in references if _image_member(r["sha256"]) not in members]
@@ -270,7 +336,7 @@ def _read_archive(archive: zipfile.ZipFile, name: str) -> tuple[list[dict], list
     if not isinstance(models, list):
         raise damaged(f"{MANIFEST} has no list of models")
     for entry in models:
-        model_id, matrix, refs = _read_model(archive, entry, len(references), damaged)
+        model_id, matrix, refs = _read_model(archive, entry, len(references), name)
         for line, vector in zip(refs.tolist(), matrix):
             vectors[line][model_id] = vector
     if sum(len(v) for v in vectors) != counts.get("vectors"):
@@ -279,6 +345,21 @@ def _read_archive(archive: zipfile.ZipFile, name: str) -> tuple[list[dict], list
     if without:
         raise damaged(f"reference {without[0][:12]} has no vector")
     return references, vectors
+
+
+def _read_records(archive: zipfile.ZipFile, count: int, name: str) -> list[dict]:
+    """The checked lines of references.jsonl, streamed: at most `count` records of MAX_RECORD_BYTES each."""
+    records = []
+    with _reading(archive, REFERENCES, (count + 1) * MAX_RECORD_BYTES, name) as f:
+        while line := f.readline(MAX_RECORD_BYTES + 1):
+            if len(line) > MAX_RECORD_BYTES or len(records) > count:
+                raise _damaged(name, f"{REFERENCES} holds more or longer records than {MANIFEST} allows")
+            if line.strip():
+                try:
+                    records.append(_check_record(json.loads(line)))
+                except (ValueError, TypeError, KeyError, RecursionError) as exc:
+                    raise _damaged(name, f"a record in {REFERENCES} is invalid ({exc})") from None
+    return records
 
 
 def _check_record(record) -> dict:
@@ -305,16 +386,32 @@ def _check_record(record) -> dict:
     return record
 
 
-def _read_model(archive: zipfile.ZipFile, entry, n_references: int, damaged) -> tuple[str, np.ndarray, np.ndarray]:
-    """(model_id, float32 (count, dim) matrix, line numbers) of one manifest model entry, checked."""
+def _read_model(archive: zipfile.ZipFile, entry, n_references: int, name: str) -> tuple[str, np.ndarray, np.ndarray]:
+    """(model_id, float32 (count, dim) matrix, line numbers) of one manifest model entry, checked.
+
+    Both files are read only as far as `count` vectors of `dim` floats (and `count` line numbers) go.
+    """
+
+    def damaged(detail: str) -> BackupError:
+        return _damaged(name, detail)
+
     try:
-        model_id, dim, count = entry["model_id"], entry["dim"], entry["count"]
-        matrix = np.load(io.BytesIO(archive.read(entry["vectors"])), allow_pickle=False)
-        refs = np.load(io.BytesIO(archive.read(entry["refs"])), allow_pickle=False)
-    except (KeyError, TypeError, ValueError, OSError, zipfile.BadZipFile):
-        raise damaged("a model entry or its vector files cannot be read") from None
-    if not isinstance(model_id, str) or not model_id or not isinstance(dim, int) or not 0 < dim <= MAX_DIM:
+        model_id, dim, count, vectors, refs_name = (entry[k] for k in ("model_id", "dim", "count", "vectors", "refs"))
+    except (KeyError, TypeError):
+        raise damaged("a model entry cannot be read") from None
+    if not isinstance(model_id, str) or not model_id or type(dim) is not int or not 0 < dim <= MAX_DIM:
         raise damaged("a model entry has no valid model_id or dimension")
+    if type(count) is not int or not 0 <= count <= n_references or not isinstance(vectors, str) \
+            or not isinstance(refs_name, str):
+        raise damaged(f"the entry of {model_id} names no valid count or files")
+    info = archive.getinfo(vectors) if vectors in archive.namelist() else None
+    if info is not None and info.file_size > MAX_VECTOR_RATIO * info.compress_size + NPY_HEADER_BYTES:
+        raise damaged(f"{vectors[:80]!r} is implausibly large")
+    try:
+        matrix = np.load(io.BytesIO(_member(archive, vectors, count * dim * 4 + NPY_HEADER_BYTES, name)), allow_pickle=False)
+        refs = np.load(io.BytesIO(_member(archive, refs_name, count * 8 + NPY_HEADER_BYTES, name)), allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        raise damaged(f"the vector files of {model_id} cannot be read") from None
     if matrix.dtype.kind != "f" or matrix.shape != (count, dim) or not np.isfinite(matrix).all():
         raise damaged(f"the vectors of {model_id} are not {count} finite {dim}-dimensional vectors")
     if refs.dtype.kind not in "iu" or refs.shape != (count,) or len(np.unique(refs)) != count or (

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .config import Settings
 from .errors import ImageRejected, RaioxError
+from .text import printable as shown  # every user-supplied string in human output goes through it
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 APP_ENTRYPOINT = Path(__file__).resolve().parent.parent / "app" / "main.py"
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _err(message: str) -> None:
-    print(f"raiox: {message}", file=sys.stderr)
+    print(f"raiox: {shown(message)}", file=sys.stderr)  # one line, whatever file name the message quotes
 
 
 class Session:
@@ -109,11 +110,12 @@ class Session:
     @property
     def embedder(self):
         if self._embedder is None:
-            from .embedder import load_from_settings
+            from .model_state import UNTRAINED, load_model_state
 
-            self._embedder = load_from_settings(self.settings)
-            if not self._embedder.trained:
-                _err(f"warning: UNTRAINED weights ({self._embedder.model_id}); matches are not meaningful.")
+            state = load_model_state(self.settings)
+            self._embedder = state.require()
+            if state.status == UNTRAINED:
+                _err(f"warning: UNTRAINED weights ({state.model_id}); matches are not meaningful. {state.reason}")
         return self._embedder
 
     @property
@@ -143,11 +145,12 @@ def cmd_ingest(args, s: Session) -> int:
     else:
         for item in report.items:
             if item.status == "ingested":
-                print(f"ingested  {item.file} -> #{item.id} {item.manufacturer} {item.model} {item.diameter_mm:g} mm")
+                print(f"ingested  {shown(item.file)} -> #{item.id} {shown(item.manufacturer)} {shown(item.model)} "
+                      f"{item.diameter_mm:g} mm")
             elif item.status == "duplicate":
-                print(f"duplicate {item.file} (already #{item.id})")
+                print(f"duplicate {shown(item.file)} (already #{item.id})" + (f": {shown(item.reason)}" if item.reason else ""))
             else:
-                print(f"rejected  {item.file}: {item.reason}")
+                print(f"rejected  {shown(item.file)}: {shown(item.reason)}")
         print(f"{len(report.ingested)} ingested, {len(report.duplicates)} duplicates, {len(report.rejected)} rejected")
     return EXIT_REFUSED if report.rejected else EXIT_OK
 
@@ -178,10 +181,10 @@ def cmd_match(args, s: Session) -> int:
 
 
 def _print_match(result) -> None:
-    verdict = result.answer if result.confident else "no confident match"
-    print(f"{result.file}: {verdict} (confidence {result.confidence:.0%}, model {result.model_id})")
+    print(f"{shown(result.file)}: {shown(result.summary)} (model {shown(result.model_id)})")
     for rank, m in enumerate(result.matches, 1):
-        print(f"  {rank}. #{m.id} {m.manufacturer} {m.model} {m.diameter_mm:g} mm  similarity {m.similarity:.1%}  {m.source_filename}")
+        print(f"  {rank}. #{m.id} {shown(m.manufacturer)} {shown(m.model)} {m.diameter_mm:g} mm  "
+              f"similarity {m.similarity:.1%}  {shown(m.source_filename)}")
 
 
 def cmd_list(args, s: Session) -> int:
@@ -193,7 +196,8 @@ def cmd_list(args, s: Session) -> int:
         print(json.dumps([{k: r[k] for k in keys} | {"created_at": r["created_at"].isoformat()} for r in rows], indent=2, ensure_ascii=False))
     else:
         for r in rows:
-            print(f"#{r['id']:<6} {r['manufacturer']:<16} {r['model']:<10} {r['diameter_mm']:>4g} mm  {r['source']:<9} {r['source_filename']}")
+            print(f"#{r['id']:<6} {shown(r['manufacturer']):<16} {shown(r['model']):<10} {r['diameter_mm']:>4g} mm  "
+                  f"{r['source']:<9} {shown(r['source_filename'])}")
     return EXIT_OK
 
 
@@ -204,9 +208,9 @@ def cmd_stats(args, s: Session) -> int:
     else:
         print(f"{stats['references']} references")
         for name, n in stats["by_manufacturer"].items():
-            print(f"  {name}: {n}")
+            print(f"  {shown(name)}: {n}")
         for model_id, n in stats["models"].items():
-            print(f"  vectors {model_id}: {n}")
+            print(f"  vectors {shown(model_id)}: {n}")
     return EXIT_OK
 
 
@@ -234,8 +238,6 @@ def _precision(embedder) -> str:
 
 
 def cmd_doctor(args, s: Session) -> int:
-    from .catalogue import find_orphans, remove_orphans
-
     checks: list[tuple[str, bool, str]] = []
 
     def check(name, fn):
@@ -252,13 +254,42 @@ def cmd_doctor(args, s: Session) -> int:
         check("vectors", lambda: ", ".join(f"{m}: {n}" for m, n in s.db.stats()["models"].items()) or "none yet")
         check("indexes", lambda: _index_check(s.db, repair=args.repair))
         if checks[1][1]:
-            action = remove_orphans if args.repair else find_orphans
-            # Never grace 0: an image stored but not yet committed by a running ingestion looks like an orphan.
-            check("orphans", lambda: f"{len(action(s.db, s.storage))} "
-                                     + ("removed" if args.repair else "stored images without a reference"))
+            check("images", lambda: _images_check(s.db, s.storage))
+            check("orphans", lambda: _orphans_check(s.db, s.storage, repair=args.repair))
     for name, ok, detail in checks:
-        print(f"{'ok  ' if ok else 'FAIL'} {name:<8} {detail}")
+        print(f"{'ok  ' if ok else 'FAIL'} {name:<8} {shown(detail)}")
     return EXIT_OK if all(ok for _, ok, _ in checks) else EXIT_REFUSED
+
+
+def _ids(ids: list[int], shown: int = 20) -> str:
+    """"#3, #7 and 12 more": reference ids for one line."""
+    return ", ".join(f"#{i}" for i in ids[:shown]) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
+
+
+def _images_check(db, storage) -> str:
+    """References whose stored image is missing: a failure naming them, since no repair can invent the image."""
+    from .catalogue import find_missing_images
+
+    missing = find_missing_images(db, storage)
+    if not missing:
+        return "every reference has its stored image"
+    some = "1 reference has" if len(missing) == 1 else f"{len(missing)} references have"
+    raise RaioxError(f"{some} no stored image ({_ids(missing)}); ingesting the same image again, or restoring a backup "
+                     f"that holds it, puts it back, and `raiox delete {' '.join(map(str, missing[:20]))}` removes them.")
+
+
+def _orphans_check(db, storage, repair: bool) -> str:
+    """Stored images without a reference: counted, or removed with --repair; young ones are left alone."""
+    from .catalogue import ORPHAN_GRACE_S, remove_orphans, scan_orphans
+
+    # Never grace 0: an image stored but not yet committed by a running ingestion looks like an orphan.
+    old, young = scan_orphans(db, storage)
+    done = f"{len(remove_orphans(db, storage, orphans=old))} removed" if repair else \
+        f"{len(old)} stored images without a reference"
+    if not young:
+        return done
+    return (f"{done} ({len(young)} younger than {ORPHAN_GRACE_S / 60:g} minutes "
+            f"{'kept' if repair else 'not counted'}: they may belong to an ingestion in progress)")
 
 
 def _index_check(db, repair: bool) -> str:
@@ -295,14 +326,21 @@ def cmd_backup(args, s: Session) -> int:
 
     summary = backup(s.db, s.storage, Path(args.path), progress=_progress)
     print(f"Backed up {summary['references']} references, {summary['vectors']} vectors and their images to {args.path}")
-    return EXIT_OK
+    if not summary["missing"]:
+        return EXIT_OK
+    some = "1 reference was" if len(summary["missing"]) == 1 else f"{len(summary['missing'])} references were"
+    _err(f"{some} left out because their stored image is missing ({_ids(summary['missing'])}); the archive's "
+         "manifest.json lists them, and `raiox doctor` says how to put them back.")
+    return EXIT_REFUSED
 
 
 def cmd_restore(args, s: Session) -> int:
     from .backup import restore
 
     summary = restore(s.db, s.storage, Path(args.path), progress=_progress)
-    print(f"Restored {summary['restored']} references ({summary['skipped']} already present) from {args.path}")
+    restored_images = f"; {summary['images_restored']} lost images put back" if summary.get("images_restored") else ""
+    print(f"Restored {summary['restored']} references ({summary['skipped']} already present{restored_images}) "
+          f"from {shown(args.path)}")
     return EXIT_OK
 
 
@@ -326,17 +364,10 @@ def seed_demo(s: Session) -> int:
 
 
 def _demo_embedder(s: Session) -> None:
-    """A demo must start anywhere: without reachable weights it runs, loudly, on untrained ones."""
-    from .errors import ModelLoadError
-
-    try:
-        s.embedder
-    except ModelLoadError as exc:
-        _err(f"{exc}")
-        _err("warning: this demo falls back to UNTRAINED weights; matches are not meaningful.")
-        s.settings = s.settings.with_(pretrained="none")
-        os.environ["RAIOX_PRETRAINED"] = "none"  # the dashboard started below inherits it
-        s.embedder
+    """A demo must start anywhere: without reachable weights it runs, loudly, on untrained ones, and says why."""
+    s.settings = s.settings.with_(untrained_fallback=True)
+    os.environ["RAIOX_UNTRAINED_FALLBACK"] = "1"  # the dashboard started below inherits it, and the reason with it
+    s.embedder
 
 
 def cmd_demo(args, s: Session) -> int:
@@ -372,9 +403,26 @@ COMMANDS = {
 }
 
 
+class _OneLineLog(logging.Formatter):
+    """A log record printed like the command's own messages: one line, no traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"raiox: {shown(record.getMessage())}"
+
+
+def _log_errors_only() -> None:
+    # The level goes on the handler, not only on the root logger: a logger with a level of its own
+    # (psycopg sets WARNING) propagates its records to the root's handlers past the root's level, which
+    # printed every reconnection warning of the pool during a database outage.
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.ERROR)
+    handler.setFormatter(_OneLineLog())
+    logging.basicConfig(level=logging.ERROR, handlers=[handler])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # exits 2 on usage errors
-    logging.basicConfig(level=logging.ERROR, format="raiox: %(message)s")
+    _log_errors_only()
     session = None
     try:
         session = Session(Settings.from_env())

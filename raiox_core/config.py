@@ -11,6 +11,7 @@ from .errors import ConfigError
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+_BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
 def default_data_dir() -> Path:
@@ -30,10 +31,12 @@ class Settings:
 
     data_dir: Path = field(default_factory=default_data_dir)
     database_url: str | None = field(default=None, repr=False)  # may hold a password; None: embedded pgserver
-    storage_url: str | None = None  # None: file:// under data_dir/objects
-    s3_endpoint_url: str | None = None
+    # Both may carry user:password@ or a signed query: kept out of repr, shown only through redact_url.
+    storage_url: str | None = field(default=None, repr=False)  # None: file:// under data_dir/objects
+    s3_endpoint_url: str | None = field(default=None, repr=False)
     model: str = DEFAULT_MODEL
     pretrained: str = DEFAULT_PRETRAINED
+    untrained_fallback: bool = False  # weights that cannot be loaded give untrained ones, with a warning (demo)
     device: str = "auto"
     precision: str = "auto"  # "auto": int8 matmuls on CPU where they match fp32 (see embedder); "fp32"
     max_upload_mb: float = 20.0
@@ -89,6 +92,10 @@ class Settings:
                 if v not in choices:
                     raise ConfigError(f"{name} must be {', '.join(choices[:-1])} or {choices[-1]}, not {v!r}.")
                 kwargs[attr] = v
+        if (v := get("RAIOX_UNTRAINED_FALLBACK")) is not None:
+            if v.lower() not in _BOOLEANS:
+                raise ConfigError(f"RAIOX_UNTRAINED_FALLBACK must be 1 or 0, not {v!r}.")
+            kwargs["untrained_fallback"] = _BOOLEANS[v.lower()]
         for name, attr, kind, low, high in [
             ("RAIOX_MAX_UPLOAD_MB", "max_upload_mb", float, 0.001, 10_000),
             ("RAIOX_MAX_PIXELS", "max_pixels", int, 1024, 10**10),

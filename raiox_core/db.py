@@ -22,6 +22,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from . import embedded_pg
 from .errors import ConfigError, DatabaseUnavailable, NotFound
+from .redact import redact_url  # noqa: F401  (re-exported: db.redact_url is public)
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 _MIGRATION_LOCK = 0x5241494F  # "RAIO": serialises migrations and index creation across processes
@@ -69,20 +70,6 @@ class Filters:
 
     def active(self) -> dict[str, Any]:
         return {k: v for k, v in self.params().items() if v is not None}
-
-
-def redact_url(url: str) -> str:
-    """A database URL (or key=value DSN) safe to show: user, host, port and database, never a password.
-
-    Parsed by libpq's own rules, so a password in a DSN, a query string or a malformed URL is never echoed.
-    """
-    try:
-        info = conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
-        return "an unreadable RAIOX_DATABASE_URL"
-    user = f"{info['user']}@" if info.get("user") else ""
-    port = f":{info['port']}" if info.get("port") else ""
-    return f"postgresql://{user}{info.get('host') or 'localhost'}{port}/{info.get('dbname', '')}"
 
 
 @lru_cache(maxsize=1)
@@ -167,10 +154,12 @@ class Database:
             raise
 
     @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection]:
-        """A pooled connection inside a transaction; connection failures become DatabaseUnavailable."""
+    def connection(self, timeout_s: float | None = None) -> Iterator[psycopg.Connection]:
+        """A pooled connection inside a transaction; connection failures become DatabaseUnavailable.
+
+        `timeout_s` bounds the wait for a connection (default: the pool's timeout)."""
         try:
-            with self.pool.connection() as conn:
+            with self.pool.connection(timeout=timeout_s) as conn:
                 with conn.transaction():
                     yield conn
         except PoolTimeout:
@@ -179,6 +168,11 @@ class Database:
             if isinstance(exc, psycopg.errors.QueryCanceled):
                 raise DatabaseUnavailable("The database took too long to answer; try again.") from None
             raise DatabaseUnavailable(f"Lost the connection to the database at {self.description}; try again.") from None
+
+    def ping(self, timeout_s: float = 2.0) -> None:
+        """One round trip, waiting at most `timeout_s`: DatabaseUnavailable now, not when a cache expires."""
+        with self.connection(timeout_s) as conn:
+            conn.execute("SELECT 1")
 
     def query(self, name: str, params: dict | None = None, *, rows: bool = True) -> list[dict]:
         with self.connection() as conn:
@@ -271,7 +265,9 @@ class Database:
         """Insert a reference and its vector, yield its id, commit when the caller's block succeeds.
 
         The caller stores the image inside the block, so a storage failure rolls the row back, and a
-        concurrent insert of the same image waits on the unique hash and then raises DuplicateReference.
+        concurrent insert of the same image waits on the image's lock and then raises DuplicateReference.
+        The lock (see `image_lock`) is held until the commit, so a delete of the same image's stored object
+        happens either before the block (and the block stores it again) or after the commit (and sees the row).
         `more_vectors` (model_id -> vector, used by restore) go into the same transaction.
         """
         vectors = {model_id: vector, **(more_vectors or {})}
@@ -279,6 +275,7 @@ class Database:
             self.ensure_model_index(mid, len(v))
         try:
             with self.connection() as conn:
+                conn.execute(named_queries()["lock-image"], {"sha256": reference["sha256"]})
                 (ref_id,) = conn.execute(named_queries()["insert-reference"], reference).fetchone()
                 for mid, v in vectors.items():
                     conn.execute(
@@ -289,6 +286,23 @@ class Database:
         except psycopg.errors.UniqueViolation:
             found = self.existing([reference["sha256"]])
             raise DuplicateReference(found.get(reference["sha256"], -1)) from None
+
+    @contextmanager
+    def image_lock(self, sha256: str) -> Iterator[int | None]:
+        """Hold the lock of one image hash for the block; yield the id of the reference of that image, or None.
+
+        `inserting` takes the same lock before it adds a row, so during the block no row of this image is
+        being added: the block may delete the image's stored object when None came (no reference needs
+        it), or put it back when an id came, without racing an ingestion of the same image.
+        """
+        with self.connection() as conn:
+            conn.execute(named_queries()["lock-image"], {"sha256": sha256})
+            row = conn.execute(named_queries()["existing-shas"], {"shas": [sha256]}).fetchone()
+            yield row[1] if row else None
+
+    def reference_images(self) -> list[dict]:
+        """id, sha256 and object_key of every reference, by id (to compare with what storage holds)."""
+        return self.query("reference-images")
 
     def add_embeddings(self, model_id: str, vectors: dict[int, np.ndarray]) -> None:
         """Store (or replace) one model's vectors for existing references."""
@@ -395,10 +409,11 @@ class Database:
     # -- match log ----------------------------------------------------------------------------------
 
     def log_match(self, *, query_sha256: str, model_id: str, k: int, filters: dict, results: list, confidence: float,
-                  confident: bool) -> int:
+                  confident: bool, confidence_of: str | None = None, answer: str | None = None) -> int:
         rows = self.query("insert-match-log", {
             "query_sha256": query_sha256, "model_id": model_id, "k": k, "filters": Jsonb(filters),
             "results": Jsonb(results), "confidence": confidence, "confident": confident,
+            "confidence_of": confidence_of, "answer": answer,
         })
         return rows[0]["id"]
 

@@ -1,9 +1,19 @@
-"""The embedded PostgreSQL 16 + pgvector (pgserver) that runs when no RAIOX_DATABASE_URL is set."""
+"""The embedded PostgreSQL 16 + pgvector (pgserver) that runs when no RAIOX_DATABASE_URL is set.
+
+pgserver counts its users in pgdata/.handle_pids.json and stops the server when the last one exits
+normally. A killed process never removes its pid, so this module prunes dead pids when a process joins
+(adopting a server left behind), and starts a watchdog (pg_watchdog) that stops the server once no pid
+in that file is alive: nothing Raiox starts outlives the last Raiox process by more than a few seconds.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import psycopg
@@ -11,6 +21,9 @@ import psycopg
 from .errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
+HANDLES = ".handle_pids.json"  # pgserver's list of the pids using the server
+WATCHDOG_LOCK = ".raiox-watchdog.lock"  # held by the one watchdog of a server
+_watchdog = None  # the Popen of the watchdog this process started: kept, so that it is never collected
 SHARED_BUFFERS_SHARE = 0.25  # PostgreSQL's usual advice for a dedicated server: a quarter of the RAM
 SHARED_BUFFERS_MAX_MB = 4096
 
@@ -39,23 +52,107 @@ def tune(server, *, restart: bool) -> None:
             return
         conn.execute(f"ALTER SYSTEM SET shared_buffers = '{want}MB'")
     if restart:
-        from pgserver.postgres_server import pg_ctl  # pgserver's own wrapper: same user, same socket options
-
-        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=60)
+        # Not `pg_ctl restart`: the new postmaster would be unknown to the handle, which would then neither
+        # stop it at exit nor know its log file. pgserver's own start records it, under pgserver's lock.
+        with postgres_server_class()._lock:
+            stop(server.pgdata)
+            server.ensure_postgres_running()
     else:
         log.info("shared_buffers %s MB -> %s MB from the embedded server's next start.", have, want)
 
 
-def start(data_dir: Path):
-    """Start (or join) the pgserver PostgreSQL under data_dir/pg and return its handle."""
-    import pgserver  # imported here: only the embedded default needs it
+def postgres_server_class():
+    """pgserver's PostgresServer (pgserver imported here: only the embedded default needs it), imported
+    without platformdirs' RuntimeDirWarning.
 
-    pgdata = Path(data_dir) / "pg"
+    pgserver picks its lock directory when imported; without XDG_RUNTIME_DIR (services, containers, cron,
+    sudo) platformdirs falls back to a private /tmp/runtime-<uid>, which serves pgserver as well, so the
+    warning names nothing a Raiox user could act on yet would head every command's output. Only that
+    warning, and only during this import, is silenced.
+    """
+    import platformdirs
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", getattr(platformdirs, "RuntimeDirWarning", UserWarning))
+        from pgserver.postgres_server import PostgresServer
+    return PostgresServer
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:  # a zombie has exited; it only waits for its parent (or a lax init) to reap it
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def live_users(pgdata: Path) -> list[int]:
+    """The pids of pgserver's handle file still alive; the dead are removed from it (hold pgserver's lock)."""
+    path = Path(pgdata) / HANDLES
+    try:
+        pids = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except ValueError:  # torn by a kill mid-write: nobody can be trusted to be listed
+        pids = None
+    alive = [pid for pid in pids or [] if _alive(pid)]
+    if alive != pids:
+        path.write_text(json.dumps(alive))
+    return alive
+
+
+def postmaster_pid(pgdata: Path) -> int | None:
+    """The pid of the running postmaster of pgdata, or None when none runs."""
+    try:
+        pid = int((Path(pgdata) / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def stop(pgdata: Path) -> None:
+    """Stop the server of pgdata now (its clients are disconnected), as the user pgserver runs it as."""
+    from pgserver._commands import pg_ctl
+
+    user = "pgserver" if os.name != "nt" and os.geteuid() == 0 else None  # pgserver's rule: never as root
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=60)
+
+
+def _ensure_watchdog(pgdata: Path) -> None:
+    import fasteners
+
+    global _watchdog
+    probe = fasteners.InterProcessLock(pgdata / WATCHDOG_LOCK)
+    if not probe.acquire(blocking=False):
+        return  # a watchdog holds it: this server is watched already
+    probe.release()  # two processes may both get here: the second watchdog finds the lock taken and exits
+    detached = ({"creationflags": subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP}
+                if os.name == "nt" else {"start_new_session": True})  # a Ctrl-C of the command must not reach it
+    _watchdog = subprocess.Popen([sys.executable, "-m", "raiox_core.pg_watchdog", str(pgdata)], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True, **detached)
+
+
+def start(data_dir: Path):
+    """Start (or join) the pgserver PostgreSQL under data_dir/pg and return its handle.
+
+    The server stops when the last process using it exits, or a few seconds after it is killed.
+    """
+    PostgresServer = postgres_server_class()
+    pgdata = (Path(data_dir) / "pg").expanduser().resolve()  # pgserver resolves it too: one spelling everywhere
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     fresh = not (pgdata / "PG_VERSION").exists()
     try:
-        server = pgserver.get_server(pgdata)  # stops when the last process using it exits
+        with PostgresServer._lock:  # the lock pgserver takes to count its users
+            live_users(pgdata)  # forget killed users, so that this process's exit stops a server they left
+        from pgserver import get_server
+
+        server = get_server(pgdata)  # stops when the last process using it exits
         tune(server, restart=fresh)
     except Exception as exc:  # pgserver raises plain exceptions with initdb/pg_ctl output
         raise DatabaseUnavailable(f"Could not start the embedded PostgreSQL in {pgdata}: {str(exc).splitlines()[0]}") from None
+    try:
+        _ensure_watchdog(pgdata)  # after tune: a watchdog would take the restart for a stop and leave
+    except OSError as exc:  # the database works without it; only a killed last user would leave it running
+        log.warning("Could not start the embedded PostgreSQL's watchdog: %s", exc)
     return server

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from .db import Database, Filters
 from .embedder import Embedder
@@ -36,9 +36,29 @@ class Share:
     probability: float
 
 
+@dataclass(frozen=True)
+class ExactReference:
+    """The reference whose normalised pixels are identical to the query's (same SHA-256)."""
+
+    id: int
+    manufacturer: str
+    model: str
+    diameter_mm: float
+    source_filename: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.manufacturer} {self.model}"
+
+
 @dataclass
 class MatchResult:
-    """Top-k neighbours, the vote, and whether the answer clears the confidence threshold."""
+    """Top-k neighbours, the vote, and whether the answer clears the confidence threshold.
+
+    `confidence_of` says which vote the confidence is: "manufacturer" (no filter), "model" (restricted to one
+    manufacturer, whose own share the filter decided), "exact image" (the query is a stored reference), or
+    None when the filter decided both votes, so that no confidence can rest on them.
+    """
 
     file: str
     model_id: str
@@ -46,24 +66,68 @@ class MatchResult:
     matches: list[Neighbour]
     manufacturer_vote: list[Share]
     model_vote: list[Share]
-    confidence: float  # probability of the leading manufacturer in the vote
+    confidence: float
     confident: bool
+    confidence_of: str | None = "manufacturer"
+    restricted_to: str | None = None  # the manufacturer the search was restricted to
+    exact: ExactReference | None = None
+    threshold: float = 0.0  # the confidence needed for a confident answer
     query: PreparedImage | None = field(default=None, repr=False)
     log_id: int | None = None
 
     @property
     def answer(self) -> str:
+        if self.exact is not None:
+            return f"this exact image is reference #{self.exact.id} ({self.exact.label} {self.exact.diameter_mm:g} mm)"
         if not self.matches:
             return "no references to compare with"
-        return self.model_vote[0].label if self.confident else "no confident match"
+        if not self.confident:
+            return "no confident match"
+        # Confident in the manufacturer, the answer names a model only when that vote clears the threshold too.
+        return self.model_vote[0].label if self.model_certain else self.manufacturer_vote[0].label
+
+    @property
+    def model_certain(self) -> bool:
+        return bool(self.model_vote) and self.model_vote[0].probability >= self.threshold
+
+    @property
+    def summary(self) -> str:
+        """The answer in one sentence that says what its percentage is a share of (the same on every door)."""
+        if self.exact is not None:
+            return f"This exact image is reference #{self.exact.id}: {self.exact.label} {self.exact.diameter_mm:g} mm."
+        if not self.matches:
+            return "No references to compare with for this model and filter."
+        where = f" (search restricted to {self.restricted_to})" if self.restricted_to else ""
+        if self.confidence_of is None:
+            return (f"No confident match: the search was restricted to one model{where}, so the vote cannot "
+                    "confirm it. Compare the candidates yourself.")
+        if self.confidence_of == "model":
+            share = f"{self.confidence:.0%} of the vote among {self.restricted_to}'s models"
+            leader = f"the leading model, {self.model_vote[0].label}, has {share}"
+        else:
+            share = f"{self.confidence:.0%} of the vote for {self.manufacturer_vote[0].label}"
+            leader = f"the leading manufacturer, {self.manufacturer_vote[0].label}, has {self.confidence:.0%} of the vote"
+        if self.confident and not self.model_certain:
+            top = self.model_vote[0]
+            return (f"Leading answer: {self.answer} ({share}); the model is uncertain: {top.label} has "
+                    f"{top.probability:.0%} of the vote, below the {self.threshold:.0%} needed.")
+        if self.confident:
+            return f"Leading answer: {self.answer} ({share}){where}."
+        return (f"No confident match: {leader}, below the {self.threshold:.0%} needed{where}. "
+                "Compare the candidates yourself.")
 
     def to_json(self) -> dict:
         """The stable shape documented in the README for `raiox match --json`."""
         return {
             "file": self.file,
             "model_id": self.model_id,
+            "answer": self.answer,
             "confident": self.confident,
             "confidence": round(self.confidence, 4),
+            "confidence_of": self.confidence_of,
+            "threshold": self.threshold,
+            "restricted_to": self.restricted_to,
+            "exact_reference": None if self.exact is None else asdict(self.exact),
             "matches": [
                 {"id": m.id, "manufacturer": m.manufacturer, "model": m.model, "diameter_mm": m.diameter_mm,
                  "similarity": round(m.similarity, 4), "source_filename": m.source_filename}
@@ -93,6 +157,27 @@ def vote(neighbours: list[Neighbour], temperature: float = VOTE_TEMPERATURE) -> 
     return shares(lambda n: n.manufacturer), shares(lambda n: n.label)
 
 
+def confidence_for(filters: Filters, manufacturers: list[Share], models: list[Share]) -> tuple[str | None, float]:
+    """(which vote, its leading share): the first vote that the filter did not decide.
+
+    Restricted to one manufacturer, the manufacturer vote is 100% by construction, so the question is
+    which model; restricted to one model, both votes are decided and nothing can be confident.
+    """
+    if filters.model:
+        return None, models[0].probability if models else 0.0
+    if filters.manufacturer:
+        return "model", models[0].probability if models else 0.0
+    return "manufacturer", manufacturers[0].probability if manufacturers else 0.0
+
+
+def _exact_reference(db: Database, sha256: str) -> ExactReference | None:
+    found = db.existing([sha256])
+    if not found:
+        return None
+    row = db.get(found[sha256])
+    return ExactReference(**{f: row[f] for f in ExactReference.__dataclass_fields__})
+
+
 def match_image(
     image: PreparedImage,
     *,
@@ -104,21 +189,30 @@ def match_image(
     file: str = "",
     log: bool = True,
 ) -> MatchResult:
-    """Embed a prepared query, search, vote, and log the request (its hash only)."""
+    """Embed a prepared query, search, vote, and log the request (its hash only).
+
+    A query whose pixels are those of a stored reference is answered as that reference, whatever the
+    filter: the identification then rests on the reference's label, not on the vote.
+    """
     vector = embedder.encode_one(image.image)
     rows = db.search(vector, embedder.model_id, k=max(k, VOTE_POOL), filters=filters)
     neighbours = [Neighbour(**{f: r[f] for f in Neighbour.__dataclass_fields__}) for r in rows]
     manufacturers, models = vote(neighbours)
-    confidence = manufacturers[0].probability if manufacturers else 0.0
+    basis, confidence = confidence_for(filters, manufacturers, models)
+    confident = basis is not None and bool(neighbours) and confidence >= threshold
+    exact = _exact_reference(db, image.sha256)
+    if exact is not None:
+        basis, confidence, confident = "exact image", 1.0, True
     result = MatchResult(
         file=file, model_id=embedder.model_id, trained=embedder.trained, matches=neighbours[:k],
-        manufacturer_vote=manufacturers, model_vote=models, confidence=confidence,
-        confident=bool(neighbours) and confidence >= threshold, query=image,
+        manufacturer_vote=manufacturers, model_vote=models, confidence=confidence, confident=confident,
+        confidence_of=basis, restricted_to=filters.manufacturer or None, exact=exact, threshold=threshold, query=image,
     )
     if log:
         result.log_id = db.log_match(
             query_sha256=image.sha256, model_id=embedder.model_id, k=k, filters=filters.active(),
-            results=result.to_json()["matches"], confidence=confidence, confident=result.confident,
+            results=result.to_json()["matches"], confidence=confidence, confident=confident,
+            confidence_of=basis, answer=result.answer,
         )
     return result
 

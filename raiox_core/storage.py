@@ -16,8 +16,12 @@ from typing import Iterator, Protocol
 from urllib.parse import unquote, urlsplit
 
 from .errors import ConfigError, StorageError
+from .redact import redact_url, redact_urls_in
 
 REFERENCE_PREFIX = "referencia/"
+# S3's bucket rules, with the upper case and underscores of legacy us-east-1 names; never ":" or "@",
+# so credentials typed into an s3:// URL cannot become part of a bucket name shown to everyone.
+_BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,254}")
 
 
 def reference_key(sha256: str) -> str:
@@ -204,20 +208,29 @@ def _fsync_dir(path: Path) -> None:
 
 
 class _MaskSessionTokens(logging.Filter):
-    """botocore logs each signed request at DEBUG, temporary credentials' session token included: mask it,
-    so that turning DEBUG logging on (ours never does) cannot leak a credential into log files."""
+    """botocore logs each signed request at DEBUG, temporary credentials' session token and the endpoint's
+    user:password@ included: mask them, so that turning DEBUG logging on (ours never does) cannot leak a
+    credential into log files."""
 
     _TOKEN = re.compile(r"(x-amz-security-token['\"]?\s*[:=]\s*b?['\"]?)[^\s'\"&,}]+", re.IGNORECASE)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        masked = self._TOKEN.sub(r"\1***", message)
+        masked = redact_urls_in(self._TOKEN.sub(r"\1***", message))
         if masked != message:
             record.msg, record.args = masked, None
         return True
 
 
 _MASK_TOKENS = _MaskSessionTokens()
+
+
+def _mask_botocore_logs() -> None:
+    # A logger's filter sees only the records of that very logger, not its children's: so every botocore
+    # logger gets it (headers: botocore.auth/endpoint; the endpoint URL: botocore.regions, .endpoint, ...).
+    for name in list(logging.root.manager.loggerDict):
+        if name.split(".")[0] in ("botocore", "boto3", "urllib3", "s3transfer"):
+            logging.getLogger(name).addFilter(_MASK_TOKENS)  # idempotent
 
 
 class S3Storage(_BaseStorage):
@@ -244,8 +257,10 @@ class S3Storage(_BaseStorage):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.endpoint_url = endpoint_url
+        # What every message and the sidebar show: an endpoint may carry user:password@ (MinIO behind a proxy).
+        self._endpoint_shown = redact_url(endpoint_url) if endpoint_url else None
         where = f"{bucket}/{self.prefix}" if self.prefix else bucket
-        self.description = f"s3: {where}" + (f" @ {endpoint_url}" if endpoint_url else "")
+        self.description = f"s3: {where}" + (f" @ {self._endpoint_shown}" if endpoint_url else "")
 
         options: dict = dict(
             connect_timeout=timeout_s,
@@ -262,13 +277,13 @@ class S3Storage(_BaseStorage):
             # We send Content-MD5 ourselves; newer botocore's extra CRC headers break some S3-compatible servers.
             options["request_checksum_calculation"] = "when_required"
             options["response_checksum_validation"] = "when_required"
-        for name in ("botocore.auth", "botocore.endpoint"):  # the loggers that print request headers
-            logging.getLogger(name).addFilter(_MASK_TOKENS)  # idempotent
+        _mask_botocore_logs()
         # A private session: boto3's default session is not safe to create clients from in many threads.
         try:
             self._client = boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=Config(**options))
         except ValueError:
-            raise ConfigError(f"RAIOX_S3_ENDPOINT_URL {endpoint_url!r} is not a valid http(s) URL.") from None
+            raise ConfigError(f"RAIOX_S3_ENDPOINT_URL {self._endpoint_shown!r} is not a valid http(s) URL.") from None
+        _mask_botocore_logs()  # and the loggers of the modules the client has just imported
 
     def _full(self, key: str) -> str:
         self._check_key(key)
@@ -283,7 +298,7 @@ class S3Storage(_BaseStorage):
             yield
         except (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ReadTimeoutError, bx.ConnectionClosedError) as exc:
             if self.endpoint_url:
-                msg = f"Cannot reach the S3 endpoint {self.endpoint_url}; check RAIOX_S3_ENDPOINT_URL and the network."
+                msg = f"Cannot reach the S3 endpoint {self._endpoint_shown}; check RAIOX_S3_ENDPOINT_URL and the network."
             else:
                 msg = f"Cannot reach S3 for bucket {self.bucket}; check the network."
             raise StorageError(msg) from exc
@@ -298,7 +313,7 @@ class S3Storage(_BaseStorage):
             if code in ("NoSuchKey", "NotFound", "404") and key is not None:
                 raise _Missing(key) from exc
             if code == "NoSuchBucket":
-                msg = f"The S3 bucket {self.bucket} does not exist" + (f" at {self.endpoint_url}." if self.endpoint_url else ".")
+                msg = f"The S3 bucket {self.bucket} does not exist" + (f" at {self._endpoint_shown}." if self.endpoint_url else ".")
             elif code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"):
                 msg = f"S3 rejected the credentials for bucket {self.bucket}; check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY."
             elif code in ("AccessDenied", "403") or status == 403:
@@ -370,10 +385,11 @@ class S3Storage(_BaseStorage):
 def open_storage(settings) -> Storage:
     """Build the backend named by settings.effective_storage_url (file:// or s3://bucket/prefix)."""
     url = settings.effective_storage_url
+    shown = redact_url(url)  # the only form of the URL any message quotes
     parts = urlsplit(url)
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):
-            raise ConfigError(f"RAIOX_STORAGE_URL {url!r} must be file:///absolute/path (no host).")
+            raise ConfigError(f"RAIOX_STORAGE_URL {shown!r} must be file:///absolute/path (no host).")
         root = Path(unquote(parts.path))
         if os.name == "nt" and parts.path[:1] == "/" and parts.path[2:3] == ":":
             root = Path(unquote(parts.path[1:]))  # file:///C:/x -> C:/x
@@ -384,6 +400,9 @@ def open_storage(settings) -> Storage:
         return LocalStorage(root)
     if parts.scheme == "s3":
         if not parts.netloc:
-            raise ConfigError(f"RAIOX_STORAGE_URL {url!r} names no bucket; use s3://bucket/optional/prefix.")
+            raise ConfigError(f"RAIOX_STORAGE_URL {shown!r} names no bucket; use s3://bucket/optional/prefix.")
+        if not _BUCKET.fullmatch(parts.netloc):
+            raise ConfigError(f"RAIOX_STORAGE_URL {shown!r} names no valid bucket; use s3://bucket/optional/prefix "
+                              "with credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, never in the URL.")
         return S3Storage(parts.netloc, parts.path.strip("/"), endpoint_url=settings.s3_endpoint_url)
-    raise ConfigError(f"RAIOX_STORAGE_URL must start with file:// or s3://, not {url!r}.")
+    raise ConfigError(f"RAIOX_STORAGE_URL must start with file:// or s3://, not {shown!r}.")

@@ -69,8 +69,9 @@ WHERE e.model_id = %(model_id)s ORDER BY r.id;
 SELECT object_key FROM reference_implants;
 
 -- name: insert-match-log
-INSERT INTO match_log (query_sha256, model_id, k, filters, results, confidence, confident)
-VALUES (%(query_sha256)s, %(model_id)s, %(k)s, %(filters)s, %(results)s, %(confidence)s, %(confident)s)
+INSERT INTO match_log (query_sha256, model_id, k, filters, results, confidence, confident, confidence_of, answer)
+VALUES (%(query_sha256)s, %(model_id)s, %(k)s, %(filters)s, %(results)s, %(confidence)s, %(confident)s,
+        %(confidence_of)s, %(answer)s)
 RETURNING id;
 
 -- name: set-feedback
@@ -78,8 +79,44 @@ UPDATE match_log SET feedback = %(feedback)s, feedback_label = %(feedback_label)
 WHERE id = %(id)s RETURNING id;
 
 -- name: get-match-log
-SELECT id, created_at, query_sha256, model_id, k, filters, results, confidence, confident, feedback, feedback_label
+SELECT id, created_at, query_sha256, model_id, k, filters, results, confidence, confident, confidence_of, answer,
+       feedback, feedback_label
 FROM match_log WHERE id = %(id)s;
 
 -- name: reference-vector
 SELECT embedding FROM embeddings WHERE reference_id = %(id)s AND model_id = %(model_id)s;
+
+-- ---- Staff sign-in failures (raiox_core/sign_in.py; table from 003_sign_in_failures.sql) -------------
+
+-- name: lock-sign-in-client
+-- Serialises one address's accounting until the transaction ends; 1397311310 is "SIGN", a key space
+-- apart from the migrations' single-key lock.
+SELECT pg_advisory_xact_lock(1397311310, hashtext(%(client)s));
+
+-- name: sign-in-failure-counts
+SELECT count(*) FILTER (WHERE client = %(client)s AND failed_at > now() - make_interval(secs => %(window_s)s)),
+       extract(epoch FROM now() - max(failed_at) FILTER (
+           WHERE client = %(client)s AND failed_at > now() - make_interval(secs => %(window_s)s)))::float8,
+       count(*) FILTER (WHERE failed_at > now() - make_interval(secs => %(global_window_s)s))
+FROM staff_sign_in_failures
+WHERE failed_at > now() - make_interval(secs => greatest(%(window_s)s, %(global_window_s)s));
+
+-- name: record-sign-in-failure
+INSERT INTO staff_sign_in_failures (client) VALUES (%(client)s);
+
+-- name: prune-sign-in-failures
+DELETE FROM staff_sign_in_failures WHERE failed_at <= now() - make_interval(secs => %(keep_s)s);
+
+-- name: clear-sign-in-failures
+DELETE FROM staff_sign_in_failures WHERE client = %(client)s;
+
+-- == Image locks and missing images (catalogue.py, doctor) ==================================
+
+-- name: lock-image
+-- One image hash's lock, held to the end of the transaction: taken by an insert before it adds the row
+-- and by whoever deletes or restores that image's stored object, so the two never interleave.
+-- The first 64 bits of the hash are the key (a collision only makes two images wait for each other).
+SELECT pg_advisory_xact_lock(('x' || substr(%(sha256)s, 1, 16))::bit(64)::bigint);
+
+-- name: reference-images
+SELECT id, sha256, object_key FROM reference_implants ORDER BY id;

@@ -1,11 +1,13 @@
-"""Staff access: constant-time comparison of digests, slow-down and lockout, no open default."""
+"""Staff access: constant-time comparison of digests, slow-down and a server-side lockout, no open default."""
 
 from __future__ import annotations
 
 import pytest
 
 from app import auth
+from raiox_core import sign_in
 from tests.app.conftest import STAFF_PASSWORD, page_test
+from tests.sign_in_tools import age_failures, failures_by_client
 
 
 def _gate_app():
@@ -132,24 +134,46 @@ def test_sign_in_sign_out_and_no_echo(app_env, delays):
     assert not at.success and at.text_input(key="gate_password")
 
 
-def test_wrong_passwords_slow_down_then_lock_out(app_env, monkeypatch, delays):
-    monkeypatch.setattr(auth, "LOCKOUT_AFTER", 3)
-    at = _gate_app().run()
-    for n in range(1, 4):
-        _sign_in(at, f"guess {n}")
+def test_wrong_passwords_slow_down_then_lock_out_across_sessions(app_env, db, monkeypatch, delays):
+    """Every attempt from a new session (what a reload gives): the count is the server's, not the session's."""
+    checked = []
+    real_check = auth.check_password
+    monkeypatch.setattr(auth, "check_password", lambda a, c: checked.append(a) or real_check(a, c))
+    for n in range(1, 6):
+        at = _sign_in(_gate_app().run(), f"guess {n}")
         assert not at.success
         assert "Wrong staff password" in at.error[0].value
         assert not any(f"guess {n}" in t for t in _texts(at))  # the attempt is never echoed
-    assert delays == [auth.failure_delay(1), auth.failure_delay(2), auth.failure_delay(3)]
+    assert "paused for 60 s" in at.error[0].value
+    assert delays == [auth.failure_delay(n) for n in range(1, 6)]
     assert delays[0] > 0 and delays[2] > delays[1] > delays[0]
-    # Locked: even the right password is refused, without being checked.
-    _sign_in(at, STAFF_PASSWORD)
+    # AppTest has no client address: the failures are counted under the shared key, never with the guess.
+    assert failures_by_client(db) == {sign_in.UNKNOWN: 5}
+    # Locked, in yet another session: even the right password is refused, without being checked.
+    at = _sign_in(_gate_app().run(), STAFF_PASSWORD)
     assert not at.success and "Too many wrong passwords" in at.error[0].value
-    # Once the pause is over the right password works and the counter starts again.
-    at.session_state[auth.LOCKED_UNTIL] = 0.0
-    _sign_in(at, STAFF_PASSWORD)
+    assert checked == [f"guess {n}" for n in range(1, 6)]
+    # Once the pause is over the right password works and the address's failures are forgotten.
+    age_failures(db, 61)
+    at = _sign_in(_gate_app().run(), STAFF_PASSWORD)
     assert [s.value for s in at.success] == ["staff area"]
-    assert at.session_state[auth.FAILURES] == 0
+    assert failures_by_client(db) == {}
+
+
+def test_sign_in_without_the_database_is_refused_with_a_sentence(app_env, monkeypatch, port_factory):
+    """Failures cannot be counted without the database, so nobody signs in: the page says why."""
+    from app import resources
+
+    monkeypatch.setenv("RAIOX_DATABASE_URL", f"postgresql://raiox@127.0.0.1:{port_factory()}/raiox")
+    monkeypatch.setenv("RAIOX_DB_TIMEOUT_S", "1")
+    resources.get_settings.clear()
+    resources.get_db.clear()
+    try:
+        at = _sign_in(_gate_app().run(), STAFF_PASSWORD)
+        assert not at.exception and not at.success
+        assert "Cannot reach the database" in at.error[0].value
+    finally:
+        resources.get_db.clear()  # the next test opens the real database again
 
 
 def test_changed_password_signs_the_session_out(app_env, monkeypatch, delays):

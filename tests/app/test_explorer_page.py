@@ -6,6 +6,7 @@ import base64
 import csv
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -115,7 +116,7 @@ def test_3d_toggle_and_picking_a_reference_shows_its_thumbnail(seeded):
     assert not at.exception
     images = at.get("image")
     assert images, "no thumbnail shown"
-    assert target.file in str(images[0].proto)
+    assert target.file in re.sub(r"\\(.)", r"\1", images[0].proto.imgs[0].caption)  # the caption is escaped
 
 
 def test_uploaded_query_is_placed_on_the_map_with_its_neighbours(seeded):
@@ -152,3 +153,63 @@ def test_umap_map_of_the_seeded_set(seeded):
     assert set(quality_table(at)["manufacturer"]) == manufacturers(seeded)
     at.run()
     assert not at.exception and "loaded from cache" in captions(at)
+
+
+
+# The 3-D glyphs that draw as solid shapes ("cross" and "x" come out as thin bars); 2-D has them all too.
+SOLID_SYMBOLS = {"circle", "circle-open", "diamond", "diamond-open", "square", "square-open"}
+
+
+def _markers(at) -> tuple[dict, dict]:
+    """(legend name -> (colour, symbol) of every reference trace, the query trace's marker)."""
+    traces = figure(at)["data"]
+    refs = {t["name"]: (t["marker"]["color"], t["marker"]["symbol"]) for t in traces if t.get("customdata") is not None
+            and t.get("name") != "query's neighbours"}
+    (query,) = [t["marker"] for t in traces if t.get("name") == "query"]
+    return refs, query
+
+
+def test_markers_match_in_2d_and_3d_and_the_query_has_its_own_colour(seeded):
+    from raiox_core.synthetic import demo_files
+
+    data = demo_files(per_diameter=1)[0][1]
+    flat, query_2d = _markers(_query_upload(explorer("PCA"), data))
+    deep, query_3d = _markers(_query_upload(explorer("PCA", three_d=True), data))
+    assert flat == deep and len(flat) > len(SOLID_SYMBOLS)  # same colour and symbol per model, both ways
+    assert {symbol for _, symbol in flat.values()} <= SOLID_SYMBOLS
+    colours = {colour for colour, _ in flat.values()}
+    assert query_2d["color"] == query_3d["color"] == "black" and "black" not in colours
+    assert all(max(int(c[i:i + 2], 16) for i in (1, 3, 5)) - min(int(c[i:i + 2], 16) for i in (1, 3, 5)) >= 0x30
+               for c in colours)  # no grey or near-black manufacturer to mistake for the query
+
+
+def _query_upload(at, data: bytes, name: str = "query.png"):
+    at.file_uploader(key="explorer_query").upload(name, data, "image/png")
+    return at.run()
+
+
+def test_hostile_labels_stay_text_and_diameters_show_as_stored(app_env, db):
+    from app import resources
+    from raiox_core.ingest import LabelOverride, Source, ingest
+    from raiox_core.synthetic import demo_files
+
+    evil = "<a href='https://evil.example'>x</a> [y](https://evil.example)"
+    files = demo_files(per_diameter=1)[:5]
+    report = ingest([Source.from_bytes(f"<i>{i}<i>.png", d, LabelOverride(f"{evil} {i}", "M", 3.75 if i else 4.1))
+                     for i, (_, d) in enumerate(files)],
+                    db=resources.get_db(), storage=resources.get_storage(), embedder=resources.get_embedder())
+    at = _query_upload(explorer("PCA"), files[1][1], name="[q](https://evil.example).png")
+    assert not at.exception, at.exception
+    # What plotly draws as text: legend names, hover names and hover fields (not its own hover template).
+    shown = json.dumps([[t.get("name"), t.get("hovertext"), t.get("customdata")] for t in figure(at)["data"]])
+    assert "<a href" not in shown and "<i>" not in shown  # plotly would draw these as a link and italics
+    assert "&lt;a href='https://evil.example'&gt;x&lt;/a&gt;" in shown and "&lt;i&gt;1&lt;" in shown
+    assert '"3.75"' in shown and '"4.1"' in shown  # the hover's diameter, exactly as stored
+    # The uploaded file's name and a picked reference's caption are Markdown-escaped.
+    at.selectbox(key="explorer_pick").set_value(report.ingested[0].id).run()
+    captions = [img.caption for element in at.get("image") for img in element.proto.imgs]
+    assert len(captions) == 2 and all(re.search(r"(?<!\\)[\[\]()<>]", c) is None for c in captions)
+    shown = [re.sub(r"\\(.)", r"\1", c).replace("\u2060", "") for c in captions]  # as a person reads them
+    assert shown == ["[q](https://evil.example).png", f"#{report.ingested[0].id} · {evil} 0 M · 4.1 mm · <i>0<i>.png"]
+    neighbours = [f.value for f in at.dataframe if "similarity" in f.value.columns][0]
+    assert set(neighbours["mm"]) <= {"3.75", "4.1"}

@@ -39,6 +39,17 @@ def few_references(app_env, demo):
 
 
 
+def near_copy(data: bytes) -> bytes:
+    """The same radiograph with one pixel changed: as similar as can be, but not the stored image itself."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data)).convert("L")
+    image.putpixel((image.width // 2, image.height // 2), 255 - image.getpixel((image.width // 2, image.height // 2)))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
 def threshold(monkeypatch, value: str) -> None:
     from app import resources
 
@@ -85,9 +96,11 @@ def test_exact_reference_comes_first_with_cards_votes_and_compare(seeded, demo, 
     assert cards[0] == "**1. Nobel Biocare REPLACE**  \nØ 3.5 mm"
     assert texts(at.markdown).count(":orange-background[Synthetic reference]") == 3
     assert result_of(at).matches[0].source_filename == name
+    exact_id = result_of(at).exact.id
+    assert texts(at.success)[0].startswith(f"This exact image is reference #{exact_id}: Nobel Biocare REPLACE 3.5 mm.")
 
     # Untrained weights: the page says so itself, even outside the app's sidebar.
-    assert any("Untrained model weights" in w for w in texts(at.warning))
+    assert any("Untrained model weights" in w and "RAIOX_PRETRAINED=none is set" in w for w in texts(at.warning))
     # The normalised query is shown, the two vote charts and the difference heat map are drawn.
     captions = [c for image in at.image for c in image.captions]
     assert captions[0] == "What the model sees (normalised)"
@@ -138,7 +151,7 @@ def test_a_refused_upload_shows_the_reason_and_nothing_else(few_references, db):
 
 def test_an_image_below_the_threshold_is_no_confident_match(seeded, demo, monkeypatch):
     threshold(monkeypatch, "1.0")
-    at = upload("query.png", demo[0][1])
+    at = upload("query.png", near_copy(demo[0][1]))
     assert not at.exception
     warning = [w for w in texts(at.warning) if "No confident match" in w]
     assert len(warning) == 1 and "below the 100% needed" in warning[0]
@@ -149,15 +162,37 @@ def test_an_image_below_the_threshold_is_no_confident_match(seeded, demo, monkey
 
 def test_a_confident_match_states_the_leading_answer(seeded, demo, monkeypatch):
     threshold(monkeypatch, "0.0")
-    at = upload("query.png", demo[0][1])
+    at = upload("query.png", near_copy(demo[0][1]))
     assert not at.exception
     result = result_of(at)
-    assert result.confident
+    assert result.confident and result.exact is None
     assert texts(at.success) == [
-        f"Leading answer: **{result.answer}** ({result.confidence:.0%} of the vote for "
+        f"Leading answer: {result.answer} ({result.confidence:.0%} of the vote for "
         f"{result.manufacturer_vote[0].label})."
     ]
     assert not any("No confident match" in w for w in texts(at.warning))
+
+
+def test_under_a_manufacturer_filter_the_confidence_is_the_models_share(seeded, demo, monkeypatch):
+    threshold(monkeypatch, "0.99")
+    at = upload("query.png", near_copy(demo[0][1]))
+    at.selectbox(key="match_manufacturer").select("Nobel Biocare")
+    at.run()
+    assert not at.exception
+    result = result_of(at)
+    assert result.restricted_to == "Nobel Biocare" and result.confidence_of == "model"
+    assert result.manufacturer_vote[0].probability == pytest.approx(1.0)
+    assert result.confidence == pytest.approx(result.model_vote[0].probability)
+    shown = texts(at.success) + texts(at.warning)
+    assert any("restricted to Nobel Biocare" in t and "among Nobel Biocare's models" in t for t in shown)
+    assert any(c.value.startswith("Restricted to Nobel Biocare") for c in at.caption)
+    assert len(at.get("plotly_chart")) == 2  # the model vote and the difference map: no 100% manufacturer bar
+
+
+def test_a_refused_upload_hides_the_rotate_and_crop_controls(few_references):
+    at = upload("notes.png", b"hello", "text/plain")
+    assert texts(at.error) == ["The file looks like a plain-text file, not an image."]
+    assert not at.radio and not at.slider
 
 
 def test_reruns_reuse_the_result_until_the_query_or_search_changes(seeded, demo, db):
@@ -225,4 +260,4 @@ def test_an_empty_database_says_how_to_add_references(app_env):
     (info,) = texts(at.info)
     assert "Ingest" in info and "raiox demo" in info
     assert not at.file_uploader  # the page stops before asking for an X-ray
-    assert any("Untrained model weights" in w for w in texts(at.warning))
+    assert any("Untrained model weights" in w and "RAIOX_PRETRAINED=none is set" in w for w in texts(at.warning))

@@ -7,13 +7,19 @@ import re
 import pytest
 
 from app import auth
+from app.widgets import WORD_JOINER
 from raiox_core.db import Filters
 from raiox_core.errors import NotFound
 from tests.app.conftest import STAFF_PASSWORD, page_test
 
 
+def _unescaped(markdown: str) -> str:
+    """The text Markdown sees once backslash escapes are resolved (where Streamlit looks for bare URLs)."""
+    return re.sub(r"\\(.)", r"\1", markdown)
+
+
 def _plain(markdown: str) -> str:
-    return re.sub(r"\\(.)", r"\1", markdown)  # undo md_escape
+    return _unescaped(markdown).replace(WORD_JOINER, "")  # what a person reads: md_escape undone
 
 
 def _shown_ids(at, prefix: str = "ref_show_") -> list[int]:
@@ -51,6 +57,12 @@ def _meta(at) -> dict:
     """The detail view's Field/Value table."""
     (table,) = [d.value for d in at.dataframe if list(d.value.columns) == ["Field", "Value"]]
     return dict(zip(table["Field"], table["Value"]))
+
+
+def _sha(at) -> str:
+    """The detail's SHA-256, shown whole in a code block (a table cell cut it off)."""
+    (code,) = [c.value for c in at.code if re.fullmatch(r"[0-9a-f]{64}", c.value)]
+    return code
 
 
 def _open(ref_id: int):
@@ -111,7 +123,7 @@ def test_detail_shows_metadata_and_neighbours(seeded, db):
     assert at.query_params["id"] == [str(ref["id"])] or at.query_params["id"] == str(ref["id"])
     meta = _meta(at)
     assert meta["File name"] == ref["source_filename"]
-    assert meta["SHA-256"] == ref["sha256"] and meta["Source"] == "synthetic"
+    assert _sha(at) == ref["sha256"] and meta["Source"] == "synthetic"
     assert meta["Manufacturer"] == "Neodent" and meta["Model"] == "HELIX"
     assert any("Synthetic image" in w.value for w in at.warning)  # marked visibly
 
@@ -125,8 +137,7 @@ def test_detail_shows_metadata_and_neighbours(seeded, db):
 
     # Following a neighbour opens it.
     at.button(key=f"ref_neighbour_{neighbours[0]}").click().run()
-    meta = _meta(at)
-    assert meta["SHA-256"] == db.get(neighbours[0])["sha256"]
+    assert _sha(at) == db.get(neighbours[0])["sha256"]
     at.button(key="ref_close").click().run()
     assert not at.dataframe and not _shown_ids(at, "ref_neighbour_")
 
@@ -201,7 +212,7 @@ def test_labels_are_rendered_as_text(app_env, db, demo):
     from raiox_core.ingest import LabelOverride, Source, ingest
 
     name, data = demo[0]
-    evil = "[click](https://evil.example) <img src=x onerror=alert(1)> **bold** :red[x]"
+    evil = "[click](https://evil.example) <img src=x onerror=alert(1)> **bold** :red[x] www.evil.example a@evil.example"
     report = ingest([Source.from_bytes("scan.png", data, LabelOverride(evil, "M1", 4.0))],
                     db=resources.get_db(), storage=resources.get_storage(), embedder=resources.get_embedder())
     rid = report.ingested[0].id
@@ -210,6 +221,19 @@ def test_labels_are_rendered_as_text(app_env, db, demo):
     captions = [c.value for c in at.caption if c.value.startswith("\\#")]
     # Every markup character of the label is backslash-escaped: markdown shows it as typed.
     assert captions and all(re.search(r"(?<!\\)[\[\]()<>*:]", c) is None for c in captions)
+    # Nothing Markdown would turn into a link by itself: a bare URL, a www. name, an e-mail address.
+    assert all(re.search(r"https?://|www\.|\w@", _unescaped(c), re.I) is None for c in captions)
     assert _plain(captions[0]).startswith(f"#{rid} {evil} M1 4 mm")
     assert all(not m.allow_html for m in at.markdown)
     assert any(t.value.startswith(evil) for t in at.text)  # the detail's plain-text label
+
+
+@pytest.mark.parametrize("wanted", ["\u00b2", "abc", "-1", "0", "1e3", "9" * 30])
+def test_an_id_that_is_not_a_reference_number_is_one_sentence(few, wanted):
+    at = page_test("references")
+    at.query_params["id"] = wanted
+    at.run()
+    assert not at.exception
+    (error,) = [e.value for e in at.error]
+    assert "a reference id is a positive whole number such as ?id=12" in error and "Traceback" not in error
+    assert set(_shown_ids(at)) == set(few)  # the gallery still shows

@@ -2,9 +2,12 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -144,9 +147,53 @@ def test_demo_seeds_the_embedded_database_even_without_weights(tmp_path):
     proc = subprocess.run(cmd + ["demo", "--no-app"], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "not cached" in proc.stderr and "UNTRAINED" in proc.stderr and "Traceback" not in proc.stderr
+    assert "could not be loaded, so `raiox demo` fell back to untrained ones" in proc.stderr  # says why
     env["RAIOX_PRETRAINED"] = "none"
     stats = json.loads(subprocess.run(cmd + ["stats", "--json"], capture_output=True, text=True, env=env).stdout)
     assert stats["references"] >= 40 and len(stats["by_manufacturer"]) >= 4
     assert stats["models"] == {"ViT-B-32/untrained": stats["references"]}
     again = subprocess.run(cmd + ["demo", "--no-app"], capture_output=True, text=True, env=env, timeout=600)
     assert "Seeded 0 synthetic references" in again.stdout
+
+
+def test_file_names_cannot_forge_or_hide_output_lines(run, tmp_path, files):
+    name = "scan\x1b[2K\r\nraiox: ok\u202egnp.png"  # erase the line, start a forged one, reverse the text
+    (tmp_path / name).write_bytes(files[0][1])
+    labels = ["--manufacturer", "Zimmer", "--model", "TSV", "--diameter", "4.1"]
+    shown = "scan\\x1b[2K\\r\\nraiox: ok\\u202egnp.png"
+    outputs = [run("ingest", str(tmp_path / name), *labels).stdout, run("list").stdout,
+               run("match", str(tmp_path / name)).stdout]
+    for out in outputs:
+        assert shown in out and not set(out) & {"\x1b", "\r", "\u202e"}, out
+    assert outputs[1].count("\n") == 1  # one reference, one line
+    missing = run("match", str(tmp_path / "gone\n.png"))
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "gone\\n.png" in missing.stderr
+    assert json.loads(run("list", "--json").stdout)[0]["source_filename"] == name  # JSON keeps the name as it is
+
+
+# The outage begins once the command has opened its pool: the pool's reconnection attempts then log
+# warnings, which used to reach stderr line after line.
+LOSE_DB_AFTER_OPEN = """
+import sys
+from raiox_core import cli, db, embedded_pg
+opened = db.open_database
+def open_then_lose(settings):
+    database = opened(settings)
+    embedded_pg.stop(settings.data_dir.resolve() / "pg")
+    return database
+db.open_database = open_then_lose
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_database_outage_is_one_line_on_stderr():
+    data_dir = Path(tempfile.mkdtemp(prefix="raiox-test-outage-"))  # not tmp_path: postgres runs as another user
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAIOX_")}
+    env.update(RAIOX_DATA_DIR=str(data_dir), RAIOX_DB_TIMEOUT_S="2")
+    try:
+        proc = subprocess.run([sys.executable, "-c", LOSE_DB_AFTER_OPEN, "stats"], capture_output=True, text=True,
+                              env=env, timeout=120)
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    assert proc.returncode == 1 and proc.stdout == "", proc.stdout
+    assert proc.stderr.startswith("raiox: Cannot reach the database") and proc.stderr.count("\n") == 1, proc.stderr

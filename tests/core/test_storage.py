@@ -281,3 +281,30 @@ def test_open_storage_rejects_bad_endpoint(s3_settings):
 
 def test_reference_key():
     assert reference_key("ff" * 32) == f"{REFERENCE_PREFIX}{'ff' * 32}.png"
+
+
+# --- credentials in URLs ------------------------------------------------------------------------
+
+
+def test_credentials_in_urls_are_never_shown(s3_settings, s3_endpoint):
+    password = "proxy-Pa55-6Wd"
+    host = s3_endpoint.removeprefix("http://")
+    storage = open_storage(s3_settings.with_(s3_endpoint_url=f"http://minio:{password}@{host}"))
+    assert storage.description.endswith(f" @ http://***@{host}")  # what the sidebar and `raiox doctor` show
+    storage.check_writable()  # the endpoint as given still reaches the server
+
+    nowhere = S3Storage("raiox-nowhere", endpoint_url=f"http://minio:{password}@127.0.0.1:{free_port()}",
+                        timeout_s=1, max_retries=0)
+    with pytest.raises(StorageError) as unreachable:
+        nowhere.get("a")
+    messages = [str(unreachable.value)]
+    for bad in ({"storage_url": f"s3://AKIA:{password}@bucket/p"}, {"storage_url": f"file://u:{password}@host/x"},
+                {"storage_url": f"ftp://u:{password}@x"}, {"s3_endpoint_url": f"http://u:{password}@[::1"}):
+        with pytest.raises(ConfigError) as refused:
+            open_storage(s3_settings.with_(**bad))
+        messages.append(str(refused.value))
+    assert messages[0] == "Cannot reach the S3 endpoint http://***@127.0.0.1:" + messages[0].split("127.0.0.1:")[1]
+    assert "names no valid bucket" in messages[1]  # never a bucket named "AKIA:...@bucket"
+    for message in messages:
+        assert password not in message and "***@" in message, message
+    assert password not in repr(s3_settings.with_(s3_endpoint_url=f"http://minio:{password}@{host}"))

@@ -1,9 +1,16 @@
-"""The embedded server's tuning: shared_buffers sized for the HNSW index, applied without disrupting anyone."""
+"""The embedded server: shared_buffers sized for the HNSW index without disrupting anyone, and a lifetime
+that ends with the last Raiox process, even a killed one."""
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
+import psutil
 import psycopg
 import pytest
 
@@ -20,6 +27,8 @@ def data_dir():
     # Not pytest's tmp_path: that is private to root, and pgserver runs postgres as its own user.
     path = Path(tempfile.mkdtemp(prefix="raiox-test-embedded-"))
     yield path
+    if embedded_pg.postmaster_pid(path / "pg") is not None:  # a failed test must not leave its server running
+        embedded_pg.stop(path / "pg")
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -32,8 +41,12 @@ def test_a_new_server_starts_with_the_tuned_shared_buffers(data_dir):
     try:
         with psycopg.connect(server.get_uri(), autocommit=True) as conn:
             assert _shared_buffers(conn) == (embedded_pg.shared_buffers_mb(), False)
+        # The handle knows the postmaster restarted with the tuning: the exit of its last user stops that one,
+        # where the pre-restart postmaster it used to know would have left the new one running.
+        assert server.get_pid() == embedded_pg.postmaster_pid(data_dir / "pg")
     finally:
         server.cleanup()
+    assert embedded_pg.postmaster_pid(data_dir / "pg") is None
 
 
 def test_a_running_server_is_not_restarted_under_its_users_the_value_waits(data_dir):
@@ -58,3 +71,77 @@ def test_a_running_server_is_not_restarted_under_its_users_the_value_waits(data_
             assert _shared_buffers(conn) == (want, False)
     finally:
         restarted.cleanup()
+
+
+# -- lifecycle: nothing Raiox starts outlives the last Raiox process -------------------------------
+
+GONE_WITHIN_S = 15  # a behaviour bound (the watchdog polls every second), not a speed assertion
+HOLD = "import sys, time; from raiox_core import embedded_pg; embedded_pg.start(sys.argv[1]); print('up', flush=True); time.sleep(600)"
+
+
+def _embedded_env(data_dir: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAIOX_") and k != "XDG_RUNTIME_DIR"}
+    return env | {"RAIOX_DATA_DIR": str(data_dir)}
+
+
+def _started_by_raiox(pgdata: Path) -> list[psutil.Process]:
+    """The postmaster and the watchdog of pgdata, if running (their command lines name it; zombies have exited)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if proc.info["status"] != psutil.STATUS_ZOMBIE and str(pgdata) in (proc.info["cmdline"] or []):
+            found.append(proc)
+    return found
+
+
+def _wait_until_nothing_runs(pgdata: Path) -> None:
+    deadline = time.monotonic() + GONE_WITHIN_S
+    while (left := _started_by_raiox(pgdata)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"still running {GONE_WITHIN_S} s after the last Raiox process: {[p.cmdline() for p in left]}"
+
+
+@pytest.fixture
+def holder(data_dir):
+    """A process that opens the embedded database and sleeps, as a long command does; killed at the end."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(data_dir)], stdout=subprocess.PIPE, text=True,
+                            env=_embedded_env(data_dir))
+    assert proc.stdout.readline() == "up\n"
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_a_command_on_a_fresh_data_dir_prints_only_its_output_and_leaves_nothing_running(data_dir):
+    # XDG_RUNTIME_DIR unset, as under cron, systemd services, containers and sudo.
+    proc = subprocess.run([sys.executable, "-m", "raiox_core.cli", "stats"], capture_output=True, text=True,
+                          env=_embedded_env(data_dir), timeout=120)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "0 references\n", "")
+    _wait_until_nothing_runs(data_dir / "pg")
+
+
+def test_a_killed_last_user_leaves_no_server_behind_and_the_next_command_starts(data_dir, holder):
+    postmaster = embedded_pg.postmaster_pid(data_dir / "pg")
+    assert postmaster is not None
+    holder.kill()  # SIGKILL: no atexit, its pid stays in pgserver's handle file
+    holder.wait()
+    _wait_until_nothing_runs(data_dir / "pg")
+    assert not psutil.pid_exists(postmaster) or psutil.Process(postmaster).status() == psutil.STATUS_ZOMBIE
+    proc = subprocess.run([sys.executable, "-m", "raiox_core.cli", "stats"], capture_output=True, text=True,
+                          env=_embedded_env(data_dir), timeout=120)
+    assert (proc.returncode, proc.stdout) == (0, "0 references\n"), proc.stderr
+    _wait_until_nothing_runs(data_dir / "pg")
+
+
+def test_a_server_left_by_killed_users_is_adopted_and_stopped_by_the_next_ones_exit(data_dir, holder):
+    pgdata = data_dir / "pg"
+    for proc in _started_by_raiox(pgdata):  # the watchdog too, as a `kill -9` of the whole group would
+        if "raiox_core.pg_watchdog" in proc.cmdline():
+            proc.kill()
+    holder.kill()
+    holder.wait()
+    assert embedded_pg.postmaster_pid(pgdata) is not None  # orphaned, with a dead user on its list
+    server = embedded_pg.start(data_dir)
+    assert json.loads((pgdata / embedded_pg.HANDLES).read_text()) == [os.getpid()]  # the dead one forgotten
+    server.cleanup()  # this process's exit: the last user now, so it stops the server
+    assert embedded_pg.postmaster_pid(pgdata) is None
+    _wait_until_nothing_runs(pgdata)

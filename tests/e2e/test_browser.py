@@ -8,6 +8,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -37,9 +40,16 @@ def app_url(tmp_path_factory, port_factory):
     cli = [sys.executable, "-m", "raiox_core.cli"]
     seeded = subprocess.run(cli + ["demo", "--no-app"], env=env, capture_output=True, text=True, timeout=600)
     assert seeded.returncode == 0, seeded.stderr
-    port = port_factory()
-    log = open(data / "app.log", "w")
-    proc = subprocess.Popen(cli + ["app", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    with serve_dashboard(env, data / "app.log", port_factory()) as url:
+        yield url
+
+
+@contextmanager
+def serve_dashboard(env: dict, log_path, port: int) -> Iterator[str]:
+    """`raiox app` with `env` on `port` (all interfaces), logging to `log_path`; yields its URL once healthy."""
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "raiox_core.cli", "app", "--port", str(port)], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -51,13 +61,16 @@ def app_url(tmp_path_factory, port_factory):
             time.sleep(0.5)
     else:
         proc.kill()
-        pytest.fail("The dashboard did not start: " + (data / "app.log").read_text()[-2000:])
-    yield url
-    proc.terminate()
+        pytest.fail("The dashboard did not start: " + Path(log_path).read_text()[-2000:])
     try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
 
 
 @pytest.fixture(scope="module")

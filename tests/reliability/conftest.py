@@ -379,3 +379,11 @@ class OwnPostgres:
 
     def close(self) -> None:
         self.server.cleanup()
+
+
+@pytest.fixture(scope="module")
+def own_pg():
+    """A PostgreSQL that the module's tests may stop and start."""
+    server = OwnPostgres()
+    yield server
+    server.close()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+import tracemalloc
 import zipfile
 from dataclasses import replace
 
@@ -73,6 +75,8 @@ def answers(db, embedder, queries) -> list[dict]:
         result = match_bytes(data, db=db, embedder=embedder, threshold=0.6, k=5, log=False).to_json()
         for m in result["matches"]:
             del m["id"]
+        if result["exact_reference"]:  # the answer names the reference by its id
+            del result["exact_reference"]["id"], result["answer"]
         out.append(result)
     return out
 
@@ -95,15 +99,15 @@ def test_round_trip_into_an_empty_database_on_s3_gives_the_same_matches(
     before = answers(db, embedder, queries)
     calls = []
     path = tmp_path / "raiox.zip"
-    assert backup(db, source_set, path, progress=lambda *a: calls.append(a)) == {"references": 10, "vectors": 20}
+    assert backup(db, source_set, path, progress=lambda *a: calls.append(a)) == {"references": 10, "vectors": 20, "missing": []}
     assert calls[-1] == (10, 10, "done")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "raiox.zip"]  # no temporary file left
 
     s3 = open_storage(s3_settings)
     calls.clear()
-    assert restore(empty_db, s3, path, progress=lambda *a: calls.append(a)) == {"restored": 10, "skipped": 0}
+    assert restore(empty_db, s3, path, progress=lambda *a: calls.append(a)) == {"restored": 10, "skipped": 0, "images_restored": 0}
     assert calls[-1] == (10, 10, "done")
-    assert restore(empty_db, s3, path) == {"restored": 0, "skipped": 10}  # idempotent
+    assert restore(empty_db, s3, path) == {"restored": 0, "skipped": 10, "images_restored": 0}  # idempotent
 
     assert rows_by_sha(empty_db) == rows_by_sha(db)  # labels, names, sizes, source; new ids
     assert empty_db.stats()["models"] == {MODEL_ID: 10, OTHER_MODEL: 10}
@@ -115,7 +119,7 @@ def test_round_trip_into_an_empty_database_on_s3_gives_the_same_matches(
     # References present already are skipped; missing ones are put back.
     for row in empty_db.list(limit=3):
         delete_reference(empty_db, s3, row["id"])
-    assert restore(empty_db, s3, path) == {"restored": 3, "skipped": 7}
+    assert restore(empty_db, s3, path) == {"restored": 3, "skipped": 7, "images_restored": 0}
     assert_consistent(empty_db, s3, model_ids=(MODEL_ID, OTHER_MODEL))
     assert answers(empty_db, embedder, queries) == before
 
@@ -136,7 +140,7 @@ def test_restore_is_all_or_nothing_per_reference_and_resumes(db, source_set, emp
         restore(empty_db, target, tmp_path / "b.zip")
     assert len(assert_consistent(empty_db, target, model_ids=(MODEL_ID, OTHER_MODEL))) == 2  # no half reference
     monkeypatch.undo()
-    assert restore(empty_db, target, tmp_path / "b.zip") == {"restored": 8, "skipped": 2}
+    assert restore(empty_db, target, tmp_path / "b.zip") == {"restored": 8, "skipped": 2, "images_restored": 0}
     assert len(assert_consistent(empty_db, target, model_ids=(MODEL_ID, OTHER_MODEL))) == 10
 
 
@@ -212,17 +216,16 @@ def test_damaged_or_foreign_archives_are_refused_in_one_sentence_before_anything
         assert_sentence(str(refused.value))
         assert empty_db.count() == 0 and target.list_keys("") == [], name
 
-    # A well-formed archive whose image is not the one its checksum names (crafted, or another backup's):
-    # the references before it are restored, it is refused, nothing of it is stored.
+    # A well-formed archive whose last image is not the one its checksum names (crafted, or another
+    # backup's): every image is checked before the first reference is written, so nothing is restored.
     with zipfile.ZipFile(good) as z:
-        images = [n for n in z.namelist() if n.startswith("images/")]  # in the order of references.jsonl
-        swapped = {images[1]: z.read(images[2])}
+        images = [n for n in z.namelist() if n.startswith("images/")]
+        swapped = {images[-1]: z.read(images[0])}
     rewrite(good, tmp_path / "swapped.zip", swapped)
     with pytest.raises(BackupError, match="does not match its checksum") as refused:
         restore(empty_db, target, tmp_path / "swapped.zip")
     assert_sentence(str(refused.value))
-    rows = assert_consistent(empty_db, target, model_ids=(MODEL_ID, OTHER_MODEL))
-    assert [f"images/{r['sha256']}.png" for r in rows] == images[:1]
+    assert empty_db.count() == 0 and target.list_keys("") == []
 
 
 def test_cli_backup_and_restore_errors_are_one_line(db, source_set, tmp_path, capsys, monkeypatch, pg_url, settings):
@@ -248,6 +251,75 @@ def test_backup_holds_no_patient_data(db, source_set, tmp_path):
 
 def test_an_empty_database_backs_up_and_restores(db, empty_db, settings, tmp_path):
     storage = open_storage(settings)
-    assert backup(db, storage, tmp_path / "empty.zip") == {"references": 0, "vectors": 0}
-    assert restore(empty_db, storage, tmp_path / "empty.zip") == {"restored": 0, "skipped": 0}
+    assert backup(db, storage, tmp_path / "empty.zip") == {"references": 0, "vectors": 0, "missing": []}
+    assert restore(empty_db, storage, tmp_path / "empty.zip") == {"restored": 0, "skipped": 0, "images_restored": 0}
     assert empty_db.count() == 0
+
+
+def test_backup_goes_on_past_a_missing_image_and_restore_puts_a_lost_image_back(
+    db, source_set, empty_db, settings, tmp_path, capsys, monkeypatch, pg_url
+):
+    lost = db.list(limit=3)[2]
+    source_set.delete(lost["object_key"])  # the image went, the row stayed
+    path = tmp_path / "b.zip"
+    assert backup(db, source_set, path) == {"references": 9, "vectors": 18, "missing": [lost["id"]]}
+    with zipfile.ZipFile(path) as z:
+        listed = json.loads(z.read("manifest.json"))["missing_images"]
+    assert [(m["id"], m["sha256"], m["source_filename"]) for m in listed] == [
+        (lost["id"], lost["sha256"], lost["source_filename"])]
+
+    target = open_storage(settings.with_(data_dir=tmp_path / "target"))
+    assert restore(empty_db, target, path) == {"restored": 9, "skipped": 0, "images_restored": 0}
+    gone = empty_db.list(limit=1)[0]
+    target.delete(gone["object_key"])
+    assert restore(empty_db, target, path) == {"restored": 0, "skipped": 9, "images_restored": 1}
+    assert len(assert_consistent(empty_db, target, model_ids=(MODEL_ID, OTHER_MODEL))) == 9
+
+    monkeypatch.setenv("RAIOX_DATABASE_URL", pg_url)
+    monkeypatch.setenv("RAIOX_DATA_DIR", str(settings.data_dir))
+    assert raiox_cli.main(["backup", str(tmp_path / "cli.zip")]) == 1  # written, but incomplete
+    out, err = capsys.readouterr()
+    assert "Backed up 9 references, 18 vectors" in out
+    assert err.count("\n") == 1 and f"1 reference was left out because its stored image is missing (#{lost['id']})" \
+        in err.replace("their", "its"), err
+
+
+def bomb_archive(good, dst, *, claims: int | None = None) -> None:
+    """`good` with references.jsonl replaced by 256 MB of zeros (about 1 MB deflated); with `claims`, the
+    size in its headers is patched to that many bytes (a lying header)."""
+    with zipfile.ZipFile(good) as old, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as new:
+        for info in old.infolist():
+            if info.filename != "references.jsonl":
+                new.writestr(info, old.read(info))
+        with new.open("references.jsonl", "w") as f:
+            chunk = bytes(1 << 24)
+            for _ in range(16):
+                f.write(chunk)
+    if claims is not None:
+        data = bytearray(dst.read_bytes())
+        name = b"references.jsonl"
+        local, central = data.find(name) - 30, data.rfind(name) - 46
+        assert data[local : local + 4] == b"PK\x03\x04" and data[central : central + 4] == b"PK\x01\x02"
+        struct.pack_into("<I", data, local + 22, claims)
+        struct.pack_into("<I", data, central + 24, claims)
+        dst.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("claims", [None, 900], ids=["honest-header", "lying-header"])
+def test_a_deflate_bomb_is_refused_without_inflating_it(db, source_set, empty_db, settings, tmp_path, claims):
+    good, bomb = tmp_path / "good.zip", tmp_path / "bomb.zip"
+    backup(db, source_set, good)
+    bomb_archive(good, bomb, claims=claims)
+    assert bomb.stat().st_size < 4 << 20
+    target = open_storage(settings.with_(data_dir=tmp_path / "target"))
+    tracemalloc.start()
+    try:
+        with pytest.raises(BackupError) as refused:
+            restore(empty_db, target, bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert_sentence(str(refused.value))
+    assert "references.jsonl" in str(refused.value)
+    assert peak < 32 << 20, f"restore held {peak >> 20} MiB for a 256 MiB member"  # a generous bound
+    assert empty_db.count() == 0 and target.list_keys("") == []

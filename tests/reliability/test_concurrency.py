@@ -1,11 +1,15 @@
-"""Concurrency: two `raiox ingest` processes on overlapping folders; 32 matches at once in one process."""
+"""Concurrency: two `raiox ingest` processes on overlapping folders; 32 matches at once in one process; a
+delete racing a re-ingestion of the same image."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
+from raiox_core.catalogue import delete_reference
 from raiox_core.ingest import Source, ingest
 from raiox_core.match import match_bytes
 from raiox_core.storage import open_storage
@@ -56,3 +60,45 @@ def test_32_concurrent_matches_agree_with_sequential_ones(db, settings, embedder
     with db.connection() as conn:
         assert conn.execute("SELECT count(*) FROM match_log").fetchone()[0] == 64
 
+
+
+class SlowDelete:
+    """The real storage, whose object deletes wait until released: a slow delete, held open on purpose."""
+
+    def __init__(self, storage):
+        self._storage = storage
+        self.deleting, self.release = threading.Event(), threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self._storage, name)
+
+    def delete(self, key: str) -> None:
+        self.deleting.set()
+        assert self.release.wait(120), "never released"
+        self._storage.delete(key)
+
+
+def waiting_for_an_image_lock(db) -> bool:
+    with db.connection() as conn:
+        return conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").fetchone()[0] > 0
+
+
+def test_a_delete_racing_a_reingestion_of_the_same_image_leaves_the_new_reference_its_image(db, settings, embedder):
+    storage = open_storage(settings)
+    batch = [Source.from_bytes(n, d) for n, d in labelled_pngs(1, start=400)]
+    (first,) = ingest(batch, db=db, storage=storage, embedder=embedder).ingested
+    slow = SlowDelete(storage)
+    with ThreadPoolExecutor(2) as pool:
+        deleting = pool.submit(delete_reference, db, slow, first.id)
+        assert slow.deleting.wait(120)  # the row is deleted; the delete of its image is under way
+        again = pool.submit(ingest, batch, db=db, storage=slow, embedder=embedder)
+        # Release the delete once the re-ingestion has either finished (the race) or waits for the image.
+        deadline = time.monotonic() + 120
+        while not (again.done() or waiting_for_an_image_lock(db)):
+            assert time.monotonic() < deadline, "the re-ingestion neither finished nor waited"
+            time.sleep(0.01)
+        slow.release.set()
+        deleting.result()
+        report = again.result()
+    assert len(report.ingested) == 1
+    assert len(assert_consistent(db, storage)) == 1  # the new reference has its image

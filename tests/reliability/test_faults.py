@@ -26,7 +26,6 @@ from raiox_core.images import prepare_image
 from raiox_core.ingest import Source, ingest
 from raiox_core.storage import REFERENCE_PREFIX, S3Storage, open_storage, reference_key
 from tests.reliability.conftest import (
-    OwnPostgres,
     SilentEndpoint,
     assert_consistent,
     assert_sentence,
@@ -188,13 +187,6 @@ def test_database_connection_lost_in_the_middle_of_a_batch(db, pg_url, settings,
     rerun_finishes_the_batch(db, storage, embedder)  # the same Database: the pool replaced its connections
 
 
-@pytest.fixture(scope="module")
-def own_pg():
-    server = OwnPostgres()
-    yield server
-    server.close()
-
-
 def test_database_stopped_and_restarted_recovers_without_a_restart(own_pg, settings, embedder):
     migrate(own_pg.url)
     db = Database(own_pg.url, description="test PostgreSQL", timeout_s=2)
@@ -304,3 +296,41 @@ def test_doctor_repair_during_an_ingestion_spares_its_images(db, settings, embed
     report = ingest(sources(FILES[:3]), db=db, storage=storage, embedder=embedder)
     assert len(report.ingested) == 3
     assert len(assert_consistent(db, storage)) == 3
+
+
+def test_a_reference_whose_image_was_lost_is_reported_and_reingesting_the_image_restores_it(
+    db, settings, embedder, monkeypatch, pg_url, capsys
+):
+    from raiox_core import cli as raiox_cli
+
+    monkeypatch.setenv("RAIOX_DATABASE_URL", pg_url)
+    monkeypatch.setenv("RAIOX_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setattr(raiox_cli.Session, "embedder", property(lambda self: embedder))
+    storage = open_storage(settings)
+    lost = ingest(sources(FILES[:3]), db=db, storage=storage, embedder=embedder).ingested[1]
+    storage.delete(db.get(lost.id)["object_key"])  # e.g. removed by hand, or by a delete that raced
+    in_flight = REFERENCE_PREFIX + "f" * 64 + ".png"
+    storage.put(in_flight, b"an image of an ingestion in progress elsewhere")
+
+    def doctor(*args) -> tuple[int, dict[str, str]]:
+        status = raiox_cli.main(["doctor", *args])
+        lines = capsys.readouterr().out.splitlines()
+        return status, {line[5:13].strip(): line[14:] for line in lines}
+
+    remedy = (f"1 reference has no stored image (#{lost.id}); ingesting the same image again, or restoring a "
+              f"backup that holds it, puts it back, and `raiox delete {lost.id}` removes them.")
+    young = "(1 younger than 10 minutes {}: they may belong to an ingestion in progress)"
+    status, found = doctor()
+    assert status == 1 and found["images"] == remedy
+    assert found["orphans"] == "0 stored images without a reference " + young.format("not counted")
+    status, found = doctor("--repair")  # cannot invent the image: it says so again, and spares the young one
+    assert status == 1 and found["images"] == remedy
+    assert found["orphans"] == "0 removed " + young.format("kept") and storage.exists(in_flight)
+
+    (again,) = ingest(sources(FILES[1:2]), db=db, storage=storage, embedder=embedder).duplicates
+    assert again.id == lost.id and again.reason == "Its stored image was missing and has been restored from this file."
+    storage.delete(in_flight)
+    assert len(assert_consistent(db, storage)) == 3
+    status, found = doctor()
+    assert status == 0 and found["images"] == "every reference has its stored image"
+    assert found["orphans"] == "0 stored images without a reference"

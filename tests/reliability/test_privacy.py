@@ -17,7 +17,7 @@ from tests.reliability.conftest import (
 
 # Only hashes, results and feedback: a new column here must be a deliberate, reviewed decision.
 MATCH_LOG_COLUMNS = {"id", "created_at", "query_sha256", "model_id", "k", "filters", "results", "confidence",
-                     "confident", "feedback", "feedback_label", "feedback_at"}
+                     "confident", "confidence_of", "answer", "feedback", "feedback_label", "feedback_at"}
 
 
 def test_patient_data_in_dicom_and_exif_is_never_stored(db, settings, embedder):

@@ -23,7 +23,8 @@ DB_PASSWORD = "Db-Pa55word-7Qx"
 AWS_SECRET = "aws/Secret+Key-9Zk"
 AWS_TOKEN = "aws-Session-Token-3Vb"
 STAFF_PASSWORD = "staff-Pa55-4Hm"
-SECRETS = (DB_PASSWORD, AWS_SECRET, AWS_TOKEN, STAFF_PASSWORD)
+ENDPOINT_PASSWORD = "proxy-Pa55-6Wd"  # a user:password@ in RAIOX_S3_ENDPOINT_URL (an S3 server behind a proxy)
+SECRETS = (DB_PASSWORD, AWS_SECRET, AWS_TOKEN, STAFF_PASSWORD, ENDPOINT_PASSWORD)
 SCRIPT = "<script>alert(1)</script>"
 IMG_NAME = "<img src=x onerror=alert(1)>.png"
 
@@ -61,12 +62,13 @@ def test_ingested_s3_objects_are_private_and_urls_short_lived(db, embedder, s3_s
 
 @pytest.fixture
 def secret_env(monkeypatch, tmp_path, pg_url, s3_endpoint, s3_bucket, embedder, db):
-    """The CLI's environment with secrets everywhere: a database password, AWS keys, a staff password."""
+    """The CLI's environment with secrets everywhere: a database password, AWS keys, a staff password, a
+    password in the S3 endpoint's URL."""
     assert pg_url.startswith("postgresql://postgres:@")
     monkeypatch.setenv("RAIOX_DATABASE_URL", pg_url.replace("postgres:@", f"postgres:{DB_PASSWORD}@", 1))
     monkeypatch.setenv("RAIOX_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("RAIOX_STORAGE_URL", f"s3://{s3_bucket}/refs")
-    monkeypatch.setenv("RAIOX_S3_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("RAIOX_S3_ENDPOINT_URL", s3_endpoint.replace("http://", f"http://minio:{ENDPOINT_PASSWORD}@"))
     monkeypatch.setenv("RAIOX_STAFF_PASSWORD", STAFF_PASSWORD)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
     monkeypatch.setenv("AWS_SESSION_TOKEN", AWS_TOKEN)
@@ -152,3 +154,64 @@ def test_unreachable_database_from_a_real_process(cli_env, tmp_path):
     assert proc.returncode == 1 and proc.stdout == "" and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith("raiox: Cannot reach the database at postgresql://raiox@127.0.0.1:")
     assert_secret_free(proc.stderr)
+
+
+# -- staff sign-in under attack -------------------------------------------------------------------
+
+
+def test_attackers_waiting_out_their_failures_do_not_hold_up_a_real_sign_in(db, monkeypatch):
+    """Six addresses guess at once; while every one of them sits in its post-failure wait, staff sign in.
+
+    The wait blocks on an event instead of a clock, so the test says what it means without timing: the
+    real sign-in completes while all the attackers are still waiting (nothing process-wide is held).
+    """
+    import threading
+
+    from app import auth
+
+    attackers = 6
+    waiting, release = threading.Semaphore(0), threading.Event()
+    monkeypatch.setattr(auth, "_sleep", lambda seconds: (waiting.release(), release.wait(60)))
+    answers: dict[str, list[str]] = {}
+
+    def attack(address: str) -> None:
+        # Guess until refused: an address gets its password checked lock_after times, then is locked.
+        answers[address] = []
+        while not (answers[address] and answers[address][-1].startswith("Too many")):
+            answers[address].append(auth.verify_attempt("guess", STAFF_PASSWORD, address, db))
+
+    threads = [threading.Thread(target=attack, args=(f"192.0.2.{n}",)) for n in range(attackers)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(attackers):
+            assert waiting.acquire(timeout=15), "the attackers' waits are serialised"
+        staff = []
+        signer = threading.Thread(target=lambda: staff.append(auth.verify_attempt(STAFF_PASSWORD, STAFF_PASSWORD,
+                                                                                   "198.51.100.1", db)))
+        signer.start()
+        signer.join(timeout=30)
+        assert staff == [None]  # signed in, with every attacker still inside its wait
+        assert not release.is_set() and all(t.is_alive() for t in threads)
+    finally:
+        release.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert len(answers) == attackers
+    for said in answers.values():
+        assert said[:4] == ["Wrong staff password."] * 4 and len(said) == 6, said
+        assert said[4].startswith("Wrong staff password.") and "paused for 60 s" in said[4]
+        assert said[5].startswith("Too many wrong passwords")
+
+
+def test_sign_in_attempts_never_reach_the_database(db, monkeypatch):
+    from app import auth
+    from tests.reliability.conftest import all_text_in_database
+
+    guess = "my-Guess-8Tq"
+    monkeypatch.setattr(auth, "_sleep", lambda seconds: None)
+    assert auth.verify_attempt(guess, STAFF_PASSWORD, "192.0.2.7", db) == "Wrong staff password."
+    assert auth.verify_attempt(STAFF_PASSWORD, STAFF_PASSWORD, "192.0.2.8", db) is None
+    auth.verify_attempt(guess, STAFF_PASSWORD, "192.0.2.8", db)
+    stored = all_text_in_database(db)
+    assert "192.0.2.7" in stored and guess not in stored and STAFF_PASSWORD not in stored

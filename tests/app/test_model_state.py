@@ -1,0 +1,91 @@
+"""The model's state through the real entrypoint (app/main.py): shown in the sidebar of every page from the first
+render, the reason an untrained model is in use, and references without the active model's vectors."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.app.conftest import ROOT, STAFF_PASSWORD
+
+PAGES = ["references", "explorer", "ingest"]  # /match is the default page, rendered first
+
+
+def dashboard(timeout: float = 120):
+    from streamlit.testing.v1 import AppTest
+
+    return AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=timeout)
+
+
+def configure(monkeypatch, **env) -> None:
+    from app import resources
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    resources.get_settings.clear()
+
+
+def text(elements) -> list[str]:
+    """Element text with markdown escapes and word joiners removed: what a user reads."""
+    import re
+
+    return [re.sub(r"\\(.)", r"\1", e.value).replace("\u2060", "") for e in elements]
+
+
+def test_weights_that_cannot_be_loaded_are_shown_on_every_page_with_the_fix(seeded, monkeypatch, tmp_path):
+    missing = tmp_path / "missing.pt"
+    configure(monkeypatch, RAIOX_PRETRAINED=str(missing))
+    at = dashboard().run()
+    assert not at.exception
+    for page in [None, *PAGES]:
+        if page:
+            at.switch_page(f"../pages/{page}.py").run()
+            assert not at.exception, page
+        sidebar = text(at.sidebar.error)
+        assert any(s.startswith("**Model unavailable**: The checkpoint file") and str(missing) in s
+                   and "Set RAIOX_PRETRAINED" in s for s in sidebar), (page, sidebar)
+        if page is None:  # /match: said plainly before anyone uploads, and no uploader to try
+            assert any("Matching is unavailable" in e for e in text(at.main.error))
+            assert not at.main.get("file_uploader")
+        if page == "explorer":  # not "0 references": they exist, without this model's vectors
+            notice = [w for w in text(at.main.warning) if "have no vectors for the active model" in w]
+            assert notice and notice[0].startswith(f"{len(seeded.ingested)} of {len(seeded.ingested)} references")
+            assert "`raiox reembed`" in notice[0]
+
+
+def test_a_demo_fallback_says_why_the_model_is_untrained(seeded, monkeypatch, tmp_path):
+    configure(monkeypatch, RAIOX_PRETRAINED=str(tmp_path / "missing.pt"), RAIOX_UNTRAINED_FALLBACK="1")
+    at = dashboard().run()
+    assert not at.exception
+    warnings = text(at.sidebar.warning)
+    assert any("Untrained model weights (ViT-B-32/untrained)" in w and "could not be loaded, so `raiox demo` fell back"
+               in w for w in warnings), warnings
+    assert not any("RAIOX_PRETRAINED=none is set" in w for w in warnings)
+    assert any(m.value == "**Model**: untrained" for m in at.sidebar.markdown)
+    # The pages use the vectors that exist (the untrained ones): nothing is missing, matching works.
+    assert not any("have no vectors" in w for w in text(at.main.warning))
+    assert at.main.get("file_uploader")
+
+
+def test_staff_compute_missing_vectors_with_a_button(seeded, monkeypatch, tmp_path, db):
+    import torch
+
+    from app import resources
+
+    checkpoint = tmp_path / "image-tower.pt"
+    torch.save(resources.get_embedder().model.state_dict(), checkpoint)  # same weights, another model id
+    configure(monkeypatch, RAIOX_PRETRAINED=str(checkpoint), RAIOX_PRECISION="fp32")
+    model_id = resources.get_model_state().model_id
+    assert model_id.startswith("ViT-B-32/file:image-tower.pt@")
+    total = len(seeded.ingested)
+
+    at = dashboard().run()
+    assert not at.exception
+    assert any(w.startswith(f"{total} of {total} references have no vectors") for w in text(at.main.warning))
+    at.text_input(key="match_reembed_password").input(STAFF_PASSWORD)
+    next(b for b in at.button if b.label == "Sign in").click()
+    at.run()
+    next(b for b in at.button if b.label == f"Compute {total} vectors").click()
+    at.run()
+    assert not at.exception
+    assert db.stats()["models"][model_id] == total
+    assert not any("have no vectors" in w for w in text(at.main.warning))
