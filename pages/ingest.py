@@ -1,7 +1,12 @@
 """Ingest (staff): upload images or zip archives, check and correct their labels, then add them.
 
 Each uploaded image is decoded and hashed once per upload (kept in this session only); labels and
-duplicates are re-checked on every rerun, so the table always reflects the latest edits and database.
+duplicates are re-judged on every rerun by the core's Planner (the rule ingestion itself applies), so the
+validation always reflects the latest edits and database.
+
+The label editor is given the same data on every rerun (the labels the file names give): Streamlit
+resets an editor whose data changes, which threw away each edit as it was typed. The edits live in the
+editor's own state; the verdicts are shown in a separate, read-only table.
 """
 
 from __future__ import annotations
@@ -15,15 +20,27 @@ import streamlit as st
 from app.auth import require_staff, sign_out_button
 from app.resources import clear_query_caches, get_db, get_embedder, get_limits, get_settings, get_storage
 from app.widgets import show_error
-from raiox_core.errors import ImageRejected, NamingError, RaioxError
-from raiox_core.images import ImageLimits, prepare_image
-from raiox_core.ingest import FileReport, LabelOverride, Source, ingest, report_dicts, sources_from_upload
+from raiox_core.errors import NamingError, RaioxError
+from raiox_core.images import ImageLimits
+from raiox_core.ingest import (
+    FileReport,
+    LabelOverride,
+    Source,
+    Verdict,
+    check_image,
+    ingest,
+    plan,
+    report_dicts,
+    sources_from_upload,
+)
 from raiox_core.naming import MAX_DIAMETER_MM, MIN_DIAMETER_MM, parse_filename
 
 CHECKS = "ingest_checks"  # session key: {(upload file_id, source name): (sha256 | None, refusal | None)}
 REPORT = "ingest_report"  # session key: the last ingestion's per-file results
 ROUND = "ingest_round"  # session key: bumped after an ingestion so the uploader starts empty
 LABEL_COLUMNS = ["manufacturer", "model", "diameter_mm"]
+COLUMN_PX = {"file": 280, "manufacturer": 180, "model": 150, "diameter_mm": 130}  # fixed widths: the table
+# does not jump about as values are typed (and a browser test knows where each cell is)
 STAGES = {"reading": "Reading", "embedding": "Embedding", "storing": "Storing and inserting", "done": "Done"}
 
 
@@ -44,12 +61,8 @@ def inspect(pairs: list[tuple[str, Source]], limits: ImageLimits) -> list[tuple[
     for file_id, source in pairs:
         key = (file_id, source.name)
         if key not in previous:
-            try:
-                previous[key] = (prepare_image(source.read(limits.max_bytes), limits).sha256, None)
-            except ImageRejected as exc:
-                previous[key] = (None, str(exc))
-            except OSError as exc:
-                previous[key] = (None, f"The file could not be read ({exc.strerror or type(exc).__name__}).")
+            image = check_image(source, limits)
+            previous[key] = (None, image) if isinstance(image, str) else (image.sha256, None)
         checks[key] = previous[key]
     st.session_state[CHECKS] = checks  # only the current uploads: removed files are forgotten
     return [checks[(file_id, source.name)] for file_id, source in pairs]
@@ -64,18 +77,6 @@ def parsed_labels(source: Source) -> dict:
     return {"manufacturer": labels.manufacturer, "model": labels.model, "diameter_mm": labels.diameter_mm}
 
 
-def apply_pending_edits(table: pd.DataFrame, editor_key: str) -> pd.DataFrame:
-    """The editor's edits from the last interaction, applied now, so validation sees them in this run."""
-    state = st.session_state.get(editor_key)
-    edited = state.get("edited_rows", {}) if isinstance(state, dict) else {}
-    table = table.copy()
-    for row, changes in edited.items():
-        for column, value in changes.items():
-            if column in LABEL_COLUMNS and 0 <= int(row) < len(table):
-                table.at[int(row), column] = value
-    return table
-
-
 def override(row) -> LabelOverride:
     """The table row as explicit labels; blank cells fall back to the file name."""
     diameter = row["diameter_mm"]
@@ -86,26 +87,13 @@ def override(row) -> LabelOverride:
     )
 
 
-def validate(sources: list[Source], table: pd.DataFrame, checks: list, known: dict[str, int]) -> list[str]:
-    """'ok', 'duplicate of #id' / 'duplicate of <file>', or 'rejected: reason', one per source row."""
-    statuses, seen = [], {}
-    for source, (_, row), (sha, refusal) in zip(sources, table.iterrows(), checks):
-        if refusal:
-            statuses.append(f"rejected: {refusal}")
-            continue
-        try:
-            override(row).resolve(source.filename)
-        except NamingError as exc:
-            statuses.append(f"rejected: {exc}")
-            continue
-        if sha in known:
-            statuses.append(f"duplicate of #{known[sha]}")
-        elif sha in seen:
-            statuses.append(f"duplicate of {seen[sha]}")
-        else:
-            seen[sha] = source.name
-            statuses.append("ok")
-    return statuses
+def describe(verdict: Verdict) -> str:
+    """'ok', 'duplicate of #id' / 'duplicate of <file>', or 'rejected: reason'."""
+    if verdict.status == "rejected":
+        return f"rejected: {verdict.reason}"
+    if verdict.status == "duplicate":
+        return f"duplicate of #{verdict.duplicate_id}" if verdict.duplicate_id is not None else f"duplicate of {verdict.duplicate_of}"
+    return "ok"
 
 
 def show_report(items: list[dict]) -> None:
@@ -124,9 +112,7 @@ def show_report(items: list[dict]) -> None:
         st.rerun()
 
 
-def run_ingest(sources: list[Source], table: pd.DataFrame, refused: list[FileReport]) -> None:
-    for source, (_, row) in zip(sources, table.iterrows()):
-        source.labels = override(row)  # the staff's corrections win over the file name
+def run_ingest(sources: list[Source], refused: list[FileReport]) -> None:
     bar = st.progress(0.0, text="Starting…")
 
     def progress(done: int, total: int, stage: str) -> None:
@@ -176,33 +162,39 @@ except RaioxError as exc:
 
 fingerprint = hashlib.sha256("\n".join(u.file_id for u in uploads).encode()).hexdigest()[:12]
 editor_key = f"ingest_labels_{fingerprint}"  # new uploads, new table: edits never land on the wrong row
-table = apply_pending_edits(pd.DataFrame([parsed_labels(s) for s in sources], columns=LABEL_COLUMNS), editor_key)
-statuses = validate(sources, table, checks, known)
-shown = pd.DataFrame({
-    "file": [s.name for s in sources] + [r.file for r in refused],
-    "manufacturer": list(table["manufacturer"]) + [""] * len(refused),
-    "model": list(table["model"]) + [""] * len(refused),
-    "diameter_mm": list(table["diameter_mm"]) + [None] * len(refused),
-    "status": statuses + [f"rejected: {r.reason}" for r in refused],
-})
-shown["diameter_mm"] = pd.to_numeric(shown["diameter_mm"], errors="coerce")
-st.data_editor(
-    shown,
-    key=editor_key,
+labels = pd.DataFrame([{"file": s.name, **parsed_labels(s)} for s in sources], columns=["file", *LABEL_COLUMNS])
+labels["diameter_mm"] = pd.to_numeric(labels["diameter_mm"], errors="coerce")
+if sources:
+    st.caption("Labels (double-click a cell to correct it; a blank cell takes the value from the file name)")
+    labels = st.data_editor(
+        labels,
+        key=editor_key,
+        hide_index=True,
+        num_rows="fixed",
+        width="content",
+        disabled=["file"],
+        column_config={
+            "file": st.column_config.TextColumn("File", width=COLUMN_PX["file"]),
+            "manufacturer": st.column_config.TextColumn("Manufacturer", max_chars=100, width=COLUMN_PX["manufacturer"]),
+            "model": st.column_config.TextColumn("Model", max_chars=100, width=COLUMN_PX["model"]),
+            # Steps of 0.01, as stored: a step of 0.1 rounded what the table showed (3.75 as 3.70). No
+            # printf format: "%g" is not one the grid knows, and it blanked the cells.
+            "diameter_mm": st.column_config.NumberColumn("Diameter (mm)", min_value=MIN_DIAMETER_MM,
+                                                         max_value=MAX_DIAMETER_MM, step=0.01,
+                                                         width=COLUMN_PX["diameter_mm"]),
+        },
+    )
+for source, (_, row) in zip(sources, labels.iterrows()):
+    source.labels = override(row)  # the staff's corrections win over the file name
+verdicts = plan(sources, checks, known)
+st.dataframe(
+    pd.DataFrame({"file": [s.name for s in sources] + [r.file for r in refused],
+                  "status": [describe(v) for v in verdicts] + [f"rejected: {r.reason}" for r in refused]}),
     hide_index=True,
-    num_rows="fixed",
-    disabled=["file", "status"],
-    column_config={
-        "file": st.column_config.TextColumn("File"),
-        "manufacturer": st.column_config.TextColumn("Manufacturer", max_chars=100),
-        "model": st.column_config.TextColumn("Model", max_chars=100),
-        "diameter_mm": st.column_config.NumberColumn("Diameter (mm)", min_value=MIN_DIAMETER_MM,
-                                                     max_value=MAX_DIAMETER_MM, step=0.1, format="%.2f"),
-        "status": st.column_config.TextColumn("Validation"),
-    },
+    column_config={"file": st.column_config.TextColumn("File"), "status": st.column_config.TextColumn("Validation")},
 )
-ready = statuses.count("ok")
-counts = Counter(s.split(" ")[0].rstrip(":") for s in statuses + ["rejected"] * len(refused))
+counts = Counter(v.status for v in verdicts) + Counter(rejected=len(refused))
+ready = counts["ok"]
 st.caption(f"{ready} ready, {counts['duplicate']} duplicates, {counts['rejected']} rejected.")
 if st.button(f"Ingest {ready} file{'s' if ready != 1 else ''}", type="primary", disabled=ready == 0, key="ingest_go"):
-    run_ingest(sources, table, refused)
+    run_ingest(sources, refused)

@@ -7,10 +7,13 @@ Normalisation is deterministic (same pixels in, same PNG and hash out) and keeps
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
+import logging
 import re
 import struct
+import warnings
 import zlib
 from dataclasses import dataclass
 from functools import cached_property
@@ -126,21 +129,30 @@ def _describe_non_image(data: bytes) -> str | None:
     return None
 
 
-def prepare_image(data: bytes, limits: ImageLimits = ImageLimits()) -> PreparedImage:
+def prepare_image(data: bytes, limits: ImageLimits = ImageLimits(), size: int | None = None) -> PreparedImage:
     """Validate, decode and normalise raw file bytes; raise ImageRejected with a one-sentence reason.
 
     Order matters: the byte size is checked first, then the format is sniffed, then the dimensions
-    from the header are checked against `limits.max_pixels`, MIN_SIDE and MAX_ASPECT, and only then
-    are the pixels decoded (fully, so truncated files are refused rather than grey-filled).
+    from the header are checked against `limits.max_pixels`, MIN_SIDE and MAX_ASPECT, then the pixels
+    are decoded (fully, so truncated files are refused rather than grey-filled), and last an image with
+    no contrast (blank) is refused: it cannot show an implant, as a reference or as a query.
+    `size` is the whole file's size when `data` is only its start (readers stop at `max_bytes + 1`
+    bytes), or 0 when that size is unknown; by default `data` is the whole file.
     """
     if len(data) > limits.max_bytes:
-        raise ImageRejected(_too_big(len(data), limits.max_bytes))
+        size = len(data) if size is None else size
+        raise ImageRejected(_too_big(size if size > limits.max_bytes else None, limits.max_bytes))
     fmt = sniff_format(data)
     if fmt == "DICOM":
         image, width, height = _decode_dicom(data, limits)
     else:
         image, width, height = _decode_pil(data, fmt, limits)
-    out = normalise(image)
+    gray = _stretch(_gray_array(image))
+    image.close()  # the decoded original (up to max_pixels, 16-bit or float) is not needed any more
+    del image
+    if not _has_contrast(gray):
+        raise ImageRejected("The image is blank (it has no contrast), so it cannot show an implant.")
+    out = _fit_square(gray)
     return PreparedImage(
         image=out,
         sha256=_pixel_hash(out),
@@ -195,6 +207,8 @@ def _decode_dicom(data: bytes, limits: ImageLimits) -> tuple[Image.Image, int, i
     """First frame as a float image, after modality LUT, VOI LUT/windowing and MONOCHROME1 inversion."""
     import pydicom
 
+    _quiet_pydicom()
+
     try:
         from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
     except ImportError:  # pydicom 2.x
@@ -227,6 +241,15 @@ def _decode_dicom(data: bytes, limits: ImageLimits) -> tuple[Image.Image, int, i
     return Image.fromarray(np.ascontiguousarray(arr)), width, height  # float32: mode "F"
 
 
+@functools.cache
+def _quiet_pydicom() -> None:
+    """Keep pydicom's warnings and logged tracebacks about a broken file from the user's terminal or page:
+    our one-sentence refusal says it. Set once, process-wide (a per-call warnings context is not
+    thread-safe); pydicom's own logger keeps its handlers for anyone who turns on pydicom.config.debug()."""
+    logging.getLogger("pydicom").propagate = False
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+
+
 def normalise(image: Image.Image) -> Image.Image:
     """EXIF-oriented decoded image -> 8-bit grayscale, contrast-stretched, padded square, resized.
 
@@ -239,7 +262,19 @@ def normalise(image: Image.Image) -> Image.Image:
       (black is the stretched image's own dark value).
     The result is a fresh image with no metadata.
     """
-    gray = _stretch(_gray_array(image))
+    return _fit_square(_stretch(_gray_array(image)))
+
+
+def _has_contrast(gray: np.ndarray) -> bool:
+    """False when the stretch found (almost) nothing to stretch: 99% or more of the pixels alike."""
+    cdf = np.cumsum(_histogram(gray, 256))
+    low = np.searchsorted(cdf, cdf[-1] * STRETCH_PERCENTILES[0] / 100, side="right")
+    high = np.searchsorted(cdf, cdf[-1] * STRETCH_PERCENTILES[1] / 100, side="left")
+    return bool(high > low)
+
+
+def _fit_square(gray: np.ndarray) -> Image.Image:
+    """uint8 pixels -> scaled down to NORMALISED_SIDE at most, padded with black to a centred square."""
     height, width = gray.shape
     img = Image.fromarray(gray)  # uint8: mode "L"
     long_side = max(width, height)
@@ -257,17 +292,35 @@ def _gray_array(image: Image.Image) -> np.ndarray:
     """One channel, at the image's own bit depth (uint8, uint16, int32 or float32)."""
     mode = image.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F", "L"):
-        return np.asarray(image)
+        return _to_array(image)
     if mode == "P" and "transparency" in image.info or mode in ("RGBA", "LA", "PA", "RGBa"):
         rgba = image.convert("RGBA")
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        return np.asarray(Image.alpha_composite(black, rgba).convert("L"))
+        return _to_array(Image.alpha_composite(black, rgba).convert("L"))
     if mode in ("1", "P", "RGB"):
-        return np.asarray(image.convert("L"))
+        return _to_array(image.convert("L"))
     try:
-        return np.asarray(image.convert("RGB").convert("L"))  # CMYK, YCbCr, LAB, HSV, ...
+        return _to_array(image.convert("RGB").convert("L"))  # CMYK, YCbCr, LAB, HSV, ...
     except ValueError:
         raise ImageRejected(f"The image's pixel format ({mode}) is not one we can read.") from None
+
+
+_STRIP_ROWS = 256
+
+
+def _to_array(image: Image.Image) -> np.ndarray:
+    """np.asarray(image) without its peak: PIL's tobytes() joins chunks, briefly holding two more full
+    copies of the pixels (~600 MB for a 49-megapixel upload); copied in strips, the extra is one strip."""
+    if image.height <= _STRIP_ROWS:
+        return np.asarray(image)
+    strips = (image.crop((0, top, image.width, min(top + _STRIP_ROWS, image.height)))
+              for top in range(0, image.height, _STRIP_ROWS))
+    first = np.asarray(next(strips))
+    out = np.empty((image.height, *first.shape[1:]), first.dtype)
+    out[:_STRIP_ROWS] = first
+    for index, strip in enumerate(strips, start=1):
+        out[index * _STRIP_ROWS : (index + 1) * _STRIP_ROWS] = np.asarray(strip)
+    return out
 
 
 def _stretch(arr: np.ndarray) -> np.ndarray:
@@ -275,7 +328,7 @@ def _stretch(arr: np.ndarray) -> np.ndarray:
     if arr.dtype.kind in "ui" and arr.size and arr.min() >= 0 and arr.max() <= 0xFFFF:
         # Integer data up to 16 bits: exact percentiles from a histogram, then a lookup table (fast).
         arr = arr.astype(np.uint16 if arr.dtype.itemsize > 1 else np.uint8, copy=False)
-        cdf = np.cumsum(np.bincount(arr.ravel(), minlength=256))
+        cdf = np.cumsum(_histogram(arr, 256))
         low = int(np.searchsorted(cdf, cdf[-1] * STRETCH_PERCENTILES[0] / 100, side="right"))
         high = int(np.searchsorted(cdf, cdf[-1] * STRETCH_PERCENTILES[1] / 100, side="left"))
         if high <= low:  # almost flat: fall back to the full range
@@ -294,6 +347,22 @@ def _stretch(arr: np.ndarray) -> np.ndarray:
     if high <= low:
         return np.zeros(arr.shape, np.uint8)
     return np.clip((arr - low) * (255.0 / (high - low)) + 0.5, 0, 255).astype(np.uint8)
+
+
+def _histogram(arr: np.ndarray, minlength: int) -> np.ndarray:
+    """np.bincount over `arr` a million pixels at a time: bincount casts its input to int64, 8 bytes a
+    pixel, which for a 49-megapixel upload would be a 400 MB copy."""
+    flat = arr.reshape(-1)
+    step = 1 << 20
+    counts = np.zeros(minlength, np.int64)
+    for start in range(0, flat.size, step):
+        part = np.bincount(flat[start : start + step], minlength=minlength)
+        if part.size > counts.size:
+            part[: counts.size] += counts
+            counts = part
+        else:
+            counts[: part.size] += part
+    return counts
 
 
 def _pixel_hash(image: Image.Image) -> str:
@@ -362,8 +431,13 @@ def _trim(value: float) -> str:
     return f"{value:.1f}".removesuffix(".0")
 
 
-def _too_big(size: int, limit: int) -> str:
-    """'The file is 27.0 MB; the limit is 20 MB.', in the limit's unit; bytes if rounding hides the excess."""
+def _too_big(size: int | None, limit: int) -> str:
+    """'The file is 27.0 MB; the limit is 20 MB.', in the limit's unit; bytes if rounding hides the excess.
+
+    With `size` unknown (a stream read only up to the limit), 'The file is larger than the limit of 20 MB.'
+    """
+    if size is None:
+        return f"The file is larger than the limit of {_trim(limit / 2**20) + ' MB' if limit >= 2**20 else f'{limit:,} bytes'}."
     if limit < 2**10:
         return f"The file is {size:,} bytes; the limit is {limit:,} bytes."
     unit, div = ("MB", 2**20) if limit >= 2**20 else ("KB", 2**10)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
+import stat
 import zipfile
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,6 +19,7 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Callable, Iterable
 
+from .catalogue import restore_missing_image
 from .db import Database, DuplicateReference
 from .embedder import Embedder
 from .errors import DatabaseUnavailable, ImageRejected, NamingError, StorageError
@@ -27,6 +30,16 @@ from .storage import Storage, reference_key
 log = logging.getLogger(__name__)
 MAX_NAME_CHARS = 255
 Progress = Callable[[int, int, str], None]  # (done, total, stage)
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def as_text(name: str) -> str:
+    """A file name as text that can be printed, stored in PostgreSQL and written as JSON.
+
+    Python hands over the bytes of a name that is not valid UTF-8 as lone surrogates (os.fsdecode);
+    each becomes the replacement character, so the file is shown, judged and stored like any other.
+    """
+    return _SURROGATES.sub("\ufffd", name)
 
 
 @dataclass
@@ -49,13 +62,15 @@ class Source:
     read: Callable[[int], bytes]  # read(max_bytes): at most max_bytes + 1 bytes, so oversize is detectable
     labels: LabelOverride = field(default_factory=LabelOverride)
     filename: str = ""  # the bare file name, for labels and display; defaults to the last part of name
+    size: int = 0  # the whole file's size in bytes, when known (0: unknown), for the oversize message
 
     def __post_init__(self):
-        self.filename = (self.filename or PurePosixPath(self.name.replace("\\", "/")).name)[-MAX_NAME_CHARS:]
+        self.name = as_text(self.name)
+        self.filename = as_text(self.filename or PurePosixPath(self.name.replace("\\", "/")).name)[-MAX_NAME_CHARS:]
 
     @classmethod
     def from_bytes(cls, name: str, data: bytes, labels: LabelOverride | None = None) -> "Source":
-        return cls(name, lambda limit: data[: limit + 1], labels or LabelOverride())
+        return cls(name, lambda limit: data[: limit + 1], labels or LabelOverride(), size=len(data))
 
 
 @dataclass
@@ -69,6 +84,10 @@ class FileReport:
     manufacturer: str | None = None
     model: str | None = None
     diameter_mm: float | None = None
+
+    def __post_init__(self):
+        self.file = as_text(self.file)
+        self.reason = None if self.reason is None else as_text(self.reason)
 
 
 @dataclass
@@ -110,7 +129,11 @@ def _file_source(path: Path, name: str, labels: LabelOverride) -> Source:
         with path.open("rb") as f:
             return f.read(limit + 1)
 
-    return Source(name, read, labels)
+    try:
+        size = path.stat().st_size
+    except OSError:  # reported when it is read
+        size = 0
+    return Source(name, read, labels, size=size)
 
 
 def _zip_sources(file: Path | BinaryIO, archive_name: str, labels: LabelOverride) -> tuple[list[Source], list[FileReport]]:
@@ -120,6 +143,9 @@ def _zip_sources(file: Path | BinaryIO, archive_name: str, labels: LabelOverride
         archive = zipfile.ZipFile(file)
     except (zipfile.BadZipFile, OSError):
         return [], [FileReport(archive_name, "rejected", reason=f"{archive_name} is not a readable zip archive.")]
+    except UnicodeDecodeError:  # zipfile decodes every name up front and cannot be told to replace
+        return [], [FileReport(archive_name, "rejected", reason=f"{archive_name} marks its entry names as UTF-8, "
+                               "but they are not; re-create the archive.")]
     for info in archive.infolist():
         if info.is_dir():
             continue
@@ -137,7 +163,7 @@ def _zip_sources(file: Path | BinaryIO, archive_name: str, labels: LabelOverride
                 # Corrupt, encrypted (RuntimeError) or unsupported compression: a refusal, not a crash.
                 raise ImageRejected("The archive entry is corrupt, encrypted or compressed in a way we cannot read.") from None
 
-        sources.append(Source(shown, read, labels, filename=member.name))
+        sources.append(Source(shown, read, labels, filename=member.name, size=info.file_size))
     return sources, refused
 
 
@@ -149,18 +175,32 @@ def collect_sources(paths: Iterable[str | os.PathLike], labels: LabelOverride | 
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file())
-            for p in files:
-                found, bad = _expand_file(p, str(p.relative_to(path.parent)), labels)
+            for p in sorted(p for p in path.rglob("*") if not p.is_dir()):
+                name = str(p.relative_to(path.parent))
+                found, bad = _expand_file(p, name, labels) if p.is_file() else ([], [_not_a_file(p, name)])
                 sources += found
                 refused += bad
         elif path.is_file():
             found, bad = _expand_file(path, path.name, labels)
             sources += found
             refused += bad
+        elif path.is_symlink() or path.exists():
+            refused.append(_not_a_file(path, str(raw)))
         else:
             refused.append(FileReport(str(raw), "rejected", reason=f"{raw} does not exist."))
     return sources, refused
+
+
+def _not_a_file(path: Path, name: str) -> FileReport:
+    """A refusal for something that is neither a folder nor a regular file; it is never opened, since
+    opening a FIFO or a device could wait forever or read without end."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return FileReport(name, "rejected", reason="It is a link to something that does not exist.")
+    kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+    return FileReport(name, "rejected", reason=f"It is {kind}, not an image file, and was not read.")
 
 
 def _expand_file(path: Path, name: str, labels: LabelOverride) -> tuple[list[Source], list[FileReport]]:
@@ -185,21 +225,64 @@ def sources_from_upload(name: str, data: bytes, labels: LabelOverride | None = N
 class _Candidate:
     report: FileReport
     filename: str
-    labels: Labels
+    labels: Labels | None  # None for a duplicate, whose name need not give labels
     image: PreparedImage
 
 
-def _prepare(source: Source, limits: ImageLimits) -> _Candidate | FileReport:
-    name = source.name[-MAX_NAME_CHARS:]
+def check_image(source: Source, limits: ImageLimits) -> PreparedImage | str:
+    """Read and prepare one source's image: the PreparedImage, or the one-sentence reason it is refused."""
     try:
-        labels = source.labels.resolve(source.filename)
-        image = prepare_image(source.read(limits.max_bytes), limits)
-    except (ImageRejected, NamingError) as exc:
-        return FileReport(name, "rejected", reason=str(exc))
+        return prepare_image(source.read(limits.max_bytes), limits, size=source.size)
+    except ImageRejected as exc:
+        return str(exc)
     except OSError as exc:
-        return FileReport(name, "rejected", reason=f"The file could not be read ({exc.strerror or type(exc).__name__}).")
-    report = FileReport(name, "ingested", manufacturer=labels.manufacturer, model=labels.model, diameter_mm=labels.diameter_mm)
-    return _Candidate(report, source.filename, labels, image)
+        return f"The file could not be read ({exc.strerror or type(exc).__name__})."
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What ingesting one file will do, decided before anything is stored."""
+
+    status: str  # "ok", "duplicate" or "rejected"
+    reason: str | None = None  # why it is rejected: every reason that applies
+    labels: Labels | None = None  # for "ok"
+    duplicate_id: int | None = None  # the stored reference a duplicate copies...
+    duplicate_of: str | None = None  # ...or the earlier file of this set it copies
+
+
+class Planner:
+    """The per-file rule, shared by ingestion and the dashboard's preview so that they cannot disagree.
+
+    Files are judged in order. The image comes first (format, size, limits, contrast): an exact copy of
+    a stored reference, or of an earlier accepted file, is a duplicate whatever its name, since nothing
+    of it is stored. Only then is the name (or the explicit labels) checked; a refusal gives the
+    image's reason and the name's, when both apply.
+    """
+
+    def __init__(self) -> None:
+        self._firsts: dict[str, str] = {}  # sha256 -> name of the first accepted copy
+
+    def judge(self, source: Source, sha256: str | None, refusal: str | None, known: dict[str, int]) -> Verdict:
+        """`sha256` of the prepared image, or the image's `refusal`; `known`: sha256 -> stored reference id."""
+        if refusal is None:
+            if sha256 in known:
+                return Verdict("duplicate", duplicate_id=known[sha256])
+            if sha256 in self._firsts:
+                return Verdict("duplicate", duplicate_of=self._firsts[sha256])
+        try:
+            labels = source.labels.resolve(source.filename)
+        except NamingError as exc:
+            return Verdict("rejected", reason=f"{refusal} {exc}" if refusal else str(exc))
+        if refusal is not None:
+            return Verdict("rejected", reason=refusal)
+        self._firsts[sha256] = source.name
+        return Verdict("ok", labels=labels)
+
+
+def plan(sources: list[Source], images: list[tuple[str | None, str | None]], known: dict[str, int]) -> list[Verdict]:
+    """One Verdict per source, from its image's (sha256, refusal) and the stored references' hashes."""
+    planner = Planner()
+    return [planner.judge(source, sha, refusal, known) for source, (sha, refusal) in zip(sources, images)]
 
 
 def _store_one(candidate: _Candidate, vector, *, db: Database, storage: Storage, model_id: str, source: str) -> None:
@@ -248,34 +331,42 @@ class _Batch:
     new: list[_Candidate]  # first copies not yet in the database, in order
     copies: list[tuple[FileReport, FileReport]]  # later copies (this run) and the first copy's report
     pixels: object = None  # the model's input tensor for `new`
+    known: list[_Candidate] = field(default_factory=list)  # already references: their image is put back if lost
 
 
-def _read_batch(batch: list[Source], firsts: dict[str, FileReport], *, db: Database, embedder: Embedder,
-                limits: ImageLimits) -> _Batch:
-    """Decode, normalise and dedupe one batch, and make the model's input for its new images.
+def _read_batch(batch: list[Source], planner: Planner, firsts: dict[str, FileReport], *, db: Database,
+                embedder: Embedder, limits: ImageLimits) -> _Batch:
+    """Decode, normalise and judge one batch, and make the model's input for its new images.
 
-    Runs in the reader thread, one batch at a time and in order, so `firsts` (sha -> report of the first
-    copy in this run; reports only, so images are freed once written) needs no lock. A copy of an image
-    from an earlier batch is resolved once that batch is stored.
+    Runs in the reader thread, one batch at a time and in order, so `planner` and `firsts` (sha -> report
+    of the first copy in this run; reports only, so images are freed once written) need no lock. A copy
+    of an image from an earlier batch is resolved once that batch is stored.
     """
-    prepared = [_prepare(s, limits) for s in batch]
-    candidates = [p for p in prepared if isinstance(p, _Candidate)]
-    known = db.existing([c.image.sha256 for c in candidates]) if candidates else {}
+    images = [check_image(s, limits) for s in batch]
+    hashes = [i.sha256 for i in images if isinstance(i, PreparedImage)]
+    known = db.existing(hashes) if hashes else {}
     out = _Batch(batch, [], [], [])
-    for item in prepared:
-        if isinstance(item, FileReport):
-            out.entries.append(item)
-            continue
-        out.entries.append(item.report)
-        sha = item.image.sha256
-        if sha in known:
-            item.report.status, item.report.id = "duplicate", known[sha]
-        elif sha in firsts:
-            item.report.status = "duplicate"  # its id is filled in once the first copy is stored
-            out.copies.append((item.report, firsts[sha]))
+    for source, image in zip(batch, images):
+        name = source.name[-MAX_NAME_CHARS:]
+        if isinstance(image, str):
+            verdict = planner.judge(source, None, image, known)
         else:
-            firsts[sha] = item.report
-            out.new.append(item)
+            verdict = planner.judge(source, image.sha256, None, known)
+        if verdict.status == "rejected":
+            report = FileReport(name, "rejected", reason=verdict.reason)
+        elif verdict.duplicate_id is not None:
+            report = FileReport(name, "duplicate", id=verdict.duplicate_id)
+            out.known.append(_Candidate(report, source.filename, None, image))
+        elif verdict.status == "duplicate":  # of a file of this run: its id once that one is stored
+            report = FileReport(name, "duplicate")
+            out.copies.append((report, firsts[image.sha256]))
+        else:
+            labels = verdict.labels
+            report = FileReport(name, "ingested", manufacturer=labels.manufacturer, model=labels.model,
+                                diameter_mm=labels.diameter_mm)
+            firsts[image.sha256] = report
+            out.new.append(_Candidate(report, source.filename, labels, image))
+        out.entries.append(report)
     if out.new:
         out.pixels = embedder.to_tensor([c.image.image for c in out.new])
     return out
@@ -297,6 +388,12 @@ def _write_batch(batch: _Batch, vectors, *, db: Database, storage: Storage, mode
             candidate.report.status, candidate.report.reason = "rejected", str(exc)
             # The store or the database is down: stop rather than fail every remaining file slowly.
             failure = f"Not attempted after an earlier failure: {exc}"
+    for candidate in batch.known:  # a reference whose stored image was lost gets this identical copy
+        try:
+            if not failure and restore_missing_image(db, storage, candidate.image.sha256, candidate.image.png):
+                candidate.report.reason = "Its stored image was missing and has been restored from this file."
+        except (StorageError, DatabaseUnavailable) as exc:  # still a duplicate; only the check failed
+            candidate.report.reason = f"Whether its stored image is intact could not be checked: {exc}"
     for entry, first in batch.copies:  # the first copy is stored by now (same or earlier batch)
         entry.id, entry.reason = first.id, first.reason
         entry.status = "rejected" if first.status == "rejected" else "duplicate"
@@ -325,10 +422,9 @@ def ingest(
     report = IngestReport()
     total = len(sources)
     batches = [sources[start : start + batch_size] for start in range(0, total, batch_size)]
-    firsts: dict[str, FileReport] = {}
     done = 0
     failure: str | None = None
-    read = partial(_read_batch, firsts=firsts, db=db, embedder=embedder, limits=limits)
+    read = partial(_read_batch, planner=Planner(), firsts={}, db=db, embedder=embedder, limits=limits)
     write = partial(_write_batch, db=db, storage=storage, model_id=embedder.model_id, source=source)
     with ThreadPoolExecutor(1, thread_name_prefix="raiox-read") as reader, \
             ThreadPoolExecutor(1, thread_name_prefix="raiox-write") as writer:

@@ -45,7 +45,8 @@ def _upload(at, files):
 
 
 def _table(at) -> dict[str, str]:
-    table = at.data_editor[0].value
+    """File -> verdict, from the read-only validation table (the last table; a report may come first)."""
+    table = at.dataframe[-1].value
     return dict(zip(table["file"], table["status"]))
 
 
@@ -159,3 +160,30 @@ def test_zip_upload_is_expanded_with_the_archive_rules(app_env, db, images):
     at.button(key="ingest_go").click().run()
     assert sorted(r["source_filename"] for r in db.list()) == sorted([images[0][0], images[1][0]])
     assert [m.value for m in at.metric] == ["2", "0", "3"]
+
+
+def test_a_copy_under_a_bad_name_is_a_duplicate_and_counts_come_from_the_verdicts(app_env, db, images):
+    name, data = images[0]
+    at = _upload(_staff_page(), [_png(images[0])])
+    at.button(key="ingest_go").click().run()
+    (row,) = db.list()
+    tiny = io.BytesIO()
+    from PIL import Image
+
+    Image.new("L", (20, 20), 90).save(tiny, format="PNG")
+    at = _upload(at, [("copy.png", data, "image/png"), ("scan.png", tiny.getvalue(), "image/png"), BAD])
+    statuses = _table(at)
+    assert statuses["copy.png"] == f"duplicate of #{row['id']}"
+    assert statuses["scan.png"].startswith("rejected: The image is 20x20 pixels; each side must be at least 32 pixels. "
+                                           "The name 'scan.png' does not follow")
+    assert at.caption[-1].value == "0 ready, 1 duplicates, 2 rejected."
+
+
+def test_a_diameter_with_two_decimals_is_kept(app_env, db, images):
+    at = _upload(_staff_page(), [("NOBEL_ACTIVE_3.75mm_01.png", images[0][1], "image/png")])
+    assert at.data_editor[0].value["diameter_mm"].tolist() == [3.75]
+    assert at.data_editor[0].proto.columns  # the column config is sent
+    import json
+
+    config = json.loads(at.data_editor[0].proto.columns)["diameter_mm"]["type_config"]
+    assert config.get("step") == 0.01 and "format" not in config  # a step of 0.1 showed 3.75 as 3.70

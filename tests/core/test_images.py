@@ -417,10 +417,52 @@ def test_output_is_grey_square_and_at_most_normalised_side(size):
 
 
 def test_padding_is_black_and_centred():
-    flat = Image.fromarray(np.full((40, 100), 200, np.uint8)).convert("RGB")
-    arr = np.asarray(prepare_image(encode(flat, "PNG")).image)
+    bands = np.tile(np.array([100, 200], np.uint8).repeat(50), (40, 1))  # two grey bands, 40 rows high
+    arr = np.asarray(prepare_image(encode(Image.fromarray(bands).convert("RGB"), "PNG")).image)
     assert arr.shape == (100, 100)
-    assert (arr[:30] == 0).all() and (arr[70:] == 0).all() and (arr[30:70] > 0).all()
+    assert (arr[:30] == 0).all() and (arr[70:] == 0).all() and (arr[30:70, 50:] == 255).all()
+
+
+@pytest.mark.parametrize("mode, value", [("L", 0), ("L", 128), ("RGB", (255, 255, 255)), ("I;16", 40000)])
+def test_a_blank_image_is_refused(mode, value):
+    blank = Image.new(mode, (64, 64), value)
+    blank.putpixel((3, 3), 0 if mode == "I;16" else (7 if mode == "L" else (7, 7, 7)))  # one dead pixel: still blank
+    fmt = "TIFF" if mode == "I;16" else "PNG"
+    assert rejected(encode(blank, fmt)) == "The image is blank (it has no contrast), so it cannot show an implant."
+
+
+def test_an_oversized_file_states_its_real_size_or_says_larger():
+    head = bytes(1001)  # what a reader that stops at max_bytes + 1 hands over
+    limits = ImageLimits(max_bytes=1000)
+    with pytest.raises(ImageRejected, match=r"^The file is 26,000 bytes; the limit is 1,000 bytes\.$"):
+        prepare_image(head, limits, size=26_000)
+    with pytest.raises(ImageRejected, match=r"^The file is larger than the limit of 1,000 bytes\.$"):
+        prepare_image(head, limits, size=0)
+    with pytest.raises(ImageRejected, match=r"^The file is larger than the limit of 20 MB\.$"):
+        prepare_image(bytes(20 * 2**20 + 1), size=0)
+
+
+def test_corrupt_compressed_dicom_is_refused_quietly(capfd):
+    import logging
+
+    from pydicom.uid import RLELossless
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(ramp16(256, 256))))
+    ds.compress(RLELossless)
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    data = bytearray(buf.getvalue())
+    item = b"\xfe\xff\x00\xe0"  # (FFFE,E000): the offset table, then the frame's fragment
+    fragment = data.index(item, data.index(item) + 4) + 8
+    data[fragment : fragment + 4] = (99).to_bytes(4, "little")  # an RLE header claiming 99 segments
+    logging.basicConfig(force=True)  # as an application that logs to stderr would
+    try:
+        message = rejected(bytes(data))
+    finally:
+        logging.basicConfig(force=True, handlers=[logging.NullHandler()])
+    assert message == "The DICOM file is truncated, corrupt or uses an encoding we cannot decode."
+    out, err = capfd.readouterr()
+    assert "Traceback" not in err + out and "pydicom" not in err + out
 
 
 def test_flat_images_do_not_divide_by_zero():

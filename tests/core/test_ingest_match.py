@@ -70,7 +70,8 @@ def test_manufacturer_filter_and_threshold(db, storage, embedder, files):
     only = match_bytes(data, db=db, embedder=embedder, threshold=1.0, k=5, filters=Filters(manufacturer="Straumann"))
     assert {m.manufacturer for m in only.matches} == {"Straumann"}
     assert not only.confident or only.confidence >= 1.0
-    none = match_bytes(data, db=db, embedder=embedder, threshold=1.01 - 1e-9, k=3)
+    not_a_reference = demo_files(per_diameter=1)[len(files)][1]  # an exact copy would be answered as itself
+    none = match_bytes(not_a_reference, db=db, embedder=embedder, threshold=1.01 - 1e-9, k=3)
     assert not none.confident and none.answer == "no confident match"
 
 
@@ -201,3 +202,112 @@ def test_vote_weights_and_order():
     assert manufacturers[0].label == "A" and manufacturers[0].probability > 0.99
     assert sum(s.probability for s in models) == pytest.approx(1.0)
     assert [s.label for s in models][:2] == ["A X", "A Y"]
+
+
+# -- the per-file rule: image first, then duplicate, then name; every reason that applies ----------
+
+
+def test_image_reasons_come_before_the_name_and_both_are_given(db, settings, embedder):
+    storage = open_storage(settings)
+    tiny = io.BytesIO()
+    Image.new("L", (20, 20), 90).save(tiny, format="PNG")
+    report = ingest([Source.from_bytes("scan 7.png", tiny.getvalue())], db=db, storage=storage, embedder=embedder)
+    (item,) = report.items
+    assert item.status == "rejected"
+    assert item.reason.startswith("The image is 20x20 pixels; each side must be at least 32 pixels. The name 'scan 7.png'")
+
+
+def test_a_copy_under_a_bad_name_is_a_duplicate_of_the_stored_reference(db, settings, embedder, files):
+    storage = open_storage(settings)
+    (first,) = ingest(sources(files[:1]), db=db, storage=storage, embedder=embedder).items
+    data = files[0][1]
+    report = ingest([Source.from_bytes("copy of scan.png", data), Source.from_bytes("another copy.png", data)],
+                    db=db, storage=storage, embedder=embedder)
+    assert [(i.status, i.id, i.reason) for i in report.items] == [("duplicate", first.id, None)] * 2
+    assert report.to_json()["duplicates"] == [{"file": "copy of scan.png", "id": first.id},
+                                              {"file": "another copy.png", "id": first.id}]
+
+
+def test_within_a_run_a_copy_under_a_bad_name_is_a_duplicate_of_the_first(db, settings, embedder, files):
+    name, data = files[0]
+    report = ingest([Source.from_bytes(name, data), Source.from_bytes("radiograph.png", data)],
+                    db=db, storage=open_storage(settings), embedder=embedder)
+    assert [i.status for i in report.items] == ["ingested", "duplicate"] and report.items[1].id == report.items[0].id
+
+
+def test_the_dashboard_plan_judges_as_ingestion_does(files):
+    from raiox_core.ingest import plan
+
+    name, data = files[0]
+    batch = [Source.from_bytes(name, data), Source.from_bytes("radiograph.png", data),
+             Source.from_bytes("radiograph.png", b"text"), Source.from_bytes("x.png", files[1][1])]
+    images = [(f"sha-{i}", None) for i in (0, 0)] + [(None, "The file is not an image.")] + [("sha-known", None)]
+    verdicts = plan(batch, images, {"sha-known": 12})
+    assert [(v.status, v.duplicate_id, v.duplicate_of) for v in verdicts] == [
+        ("ok", None, None), ("duplicate", None, name), ("rejected", None, None), ("duplicate", 12, None)]
+    assert verdicts[0].labels.manufacturer == "Nobel Biocare"
+    assert verdicts[2].reason.startswith("The file is not an image. The name 'radiograph.png' does not follow")
+
+
+def test_an_oversized_file_or_entry_states_its_real_size(tmp_path, db, settings, embedder):
+    from raiox_core.images import ImageLimits
+
+    big = tmp_path / "NOBEL_REPLACE_4.3mm_01.png"
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(26_000 - 8))
+    archive = tmp_path / "batch.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("NOBEL_REPLACE_4.3mm_02.png", bytes(30_000))
+    report = ingest_paths([big, archive], db=db, storage=open_storage(settings), embedder=embedder,
+                          limits=ImageLimits(max_bytes=10_000))
+    reasons = {i.file: i.reason for i in report.rejected}
+    assert reasons == {"NOBEL_REPLACE_4.3mm_01.png": "The file is 25.4 KB; the limit is 9.8 KB.",
+                       "batch.zip:NOBEL_REPLACE_4.3mm_02.png": "The file is 29.3 KB; the limit is 9.8 KB."}
+
+
+def test_names_that_are_not_utf8_are_shown_with_replacement_characters(tmp_path, db, settings, embedder, files):
+    import json
+    import os
+
+    folder = tmp_path / "refs"
+    folder.mkdir()
+    with open(os.path.join(os.fsencode(folder), b"NOBEL_REPLACE_4.3mm_\xe9.png"), "wb") as f:  # Latin-1 'é'
+        f.write(files[0][1])
+    archive = tmp_path / "latin1.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        info = zipfile.ZipInfo("STRAUMANN_BL_4.1mm_x.png")
+        z.writestr(info, files[1][1])
+    raw = archive.read_bytes().replace(b"STRAUMANN_BL_4.1mm_x.png", b"STRAUMANN_BL_4.1mm_\xe9.png")
+    archive.write_bytes(raw)  # a name in a legacy code page: no UTF-8 flag, so read as cp437
+    report = ingest_paths([folder, archive, os.fsdecode(os.fsencode(tmp_path) + b"/gone-\xff.png")],
+                          LabelOverride("Zimmer", "TSV", 4.7), db=db, storage=open_storage(settings), embedder=embedder)
+    files_seen = {i.file: i.status for i in report.items}
+    assert files_seen == {"refs/NOBEL_REPLACE_4.3mm_\ufffd.png": "ingested", "latin1.zip:STRAUMANN_BL_4.1mm_\u0398.png": "ingested",
+                          f"{tmp_path}/gone-\ufffd.png": "rejected"}
+    json.dumps(report.to_json(), ensure_ascii=False).encode("utf-8")  # printable and JSON-safe
+    assert {r["source_filename"] for r in db.list()} == {"NOBEL_REPLACE_4.3mm_\ufffd.png", "STRAUMANN_BL_4.1mm_\u0398.png"}
+
+
+def test_an_archive_with_false_utf8_names_is_refused_in_one_sentence(tmp_path, files):
+    archive = tmp_path / "bad.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("NOBEL_REPLACE_4.3mm_\u00e9.png", files[0][1])  # non-ASCII: written with the UTF-8 flag
+    archive.write_bytes(archive.read_bytes().replace("\u00e9".encode(), b"\xff\xfe"))
+    found, refused = collect_sources([archive])
+    assert not found and [r.reason for r in refused] == [
+        "bad.zip marks its entry names as UTF-8, but they are not; re-create the archive."]
+
+
+def test_fifos_and_dangling_links_in_a_folder_are_reported_not_read(tmp_path):
+    import os
+
+    folder = tmp_path / "refs"
+    folder.mkdir()
+    os.mkfifo(folder / "pipe.png")  # opening it would wait for a writer forever
+    (folder / "link.png").symlink_to(tmp_path / "nowhere.png")
+    found, refused = collect_sources([folder, folder / "pipe.png"])
+    assert not found
+    assert {(r.file, r.reason) for r in refused} == {
+        ("refs/link.png", "It is a link to something that does not exist."),
+        ("refs/pipe.png", "It is a named pipe (FIFO), not an image file, and was not read."),
+        (str(folder / "pipe.png"), "It is a named pipe (FIFO), not an image file, and was not read."),
+    }

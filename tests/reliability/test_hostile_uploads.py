@@ -60,7 +60,7 @@ def test_ingest_page_validates_and_ingests_a_hostile_batch(app_env, db, corpus):
     at.run()
     at.file_uploader[0].set_value([(n, d, "application/octet-stream") for n, d, _ in corpus_uploads(corpus)]).run()
     assert not at.exception, at.exception
-    table = at.data_editor[0].value
+    table = at.dataframe[-1].value  # the validation table, beside the label editor
     statuses = dict(zip(table["file"], table["status"]))
     expected = corpus.expected(with_labels=False)  # the table starts with the labels the names give
     assert statuses.keys() == expected.keys()

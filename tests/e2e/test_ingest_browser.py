@@ -1,0 +1,84 @@
+"""The /ingest label table in a real Chromium: labels typed into cells, by keyboard and by mouse, are
+what gets stored (AppTest sets the editor's state directly, which a browser never does)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from tests.e2e.test_browser import app_url, browser, wait_idle  # noqa: F401  (module-scoped fixtures)
+from tests.reliability.conftest import picture
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+STAFF_PASSWORD = "e2e staff password"  # what the app_url fixture configures
+ROW_PX = 35  # the editor's header and row height
+# The label editor's column widths, as pages/ingest.py's COLUMN_PX sets them (importing a page runs it).
+COLUMN_PX = {"file": 280, "manufacturer": 180, "model": 150, "diameter_mm": 130}
+
+
+def _png(seed: int) -> bytes:
+    buf = io.BytesIO()
+    picture(seed).save(buf, format="PNG")  # new pictures: not copies of the seeded references
+    return buf.getvalue()
+
+
+def _cell(page, row: int, column: str) -> tuple[float, float]:
+    """Page coordinates of the middle of one cell of the label editor (the first table on the page)."""
+    box = page.locator("[data-testid='stDataFrame']").first.bounding_box()
+    left = sum(COLUMN_PX[c] for c in list(COLUMN_PX)[: list(COLUMN_PX).index(column)])
+    return box["x"] + left + COLUMN_PX[column] / 2, box["y"] + ROW_PX * (row + 1) + ROW_PX / 2
+
+
+def _type_and_enter(page, text: str) -> None:
+    """Type into the cell the grid has selected or opened, at a person's pace, then press Enter once the editor
+    shows the text (the grid's editor takes keys a moment after it opens; Enter commits what it shows)."""
+    page.wait_for_timeout(300)
+    page.keyboard.type(text, delay=50)
+    page.wait_for_function("text => document.activeElement && document.activeElement.value === text", arg=text,
+                           timeout=10_000)
+    page.keyboard.press("Enter")
+    page.wait_for_timeout(500)
+    wait_idle(page)
+
+
+def test_labels_typed_into_the_table_are_stored(browser, app_url, tmp_path):  # noqa: F811
+    named, unnamed = tmp_path / "NOBEL_ACTIVE_4.3mm_91.png", tmp_path / "scan_0001.png"
+    named.write_bytes(_png(9101))
+    unnamed.write_bytes(_png(9102))
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(f"{app_url}/ingest")
+    wait_idle(page)
+    page.get_by_label("Staff password").fill(STAFF_PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.locator("input[type='file']").first.wait_for(state="attached", timeout=60_000)
+    page.locator("input[type='file']").first.set_input_files([str(named), str(unnamed)])
+    page.get_by_text("1 ready, 0 duplicates, 1 rejected.").wait_for(timeout=120_000)
+    wait_idle(page)
+
+    # Each edit reruns the page; the next one must find the previous one still there.
+    page.mouse.click(*_cell(page, 1, "file"))  # keyboard: select a cell, arrow to the next one, type
+    page.keyboard.press("ArrowRight")
+    _type_and_enter(page, "neodent")
+    page.mouse.dblclick(*_cell(page, 1, "model"))  # mouse: double-click opens the cell's editor
+    _type_and_enter(page, "helix")
+    page.mouse.dblclick(*_cell(page, 1, "diameter_mm"))
+    _type_and_enter(page, "3.75")
+    # Every edit survived the reruns between them: the row is now ready.
+    page.get_by_text("2 ready, 0 duplicates, 0 rejected.").wait_for(timeout=60_000)
+    wait_idle(page)
+    assert page.locator("[data-testid='stException']").count() == 0
+    page.get_by_role("button", name="Ingest 2 files").click()
+    page.get_by_text("Last ingestion").wait_for(timeout=180_000)
+    wait_idle(page)
+
+    page.goto(f"{app_url}/references")
+    wait_idle(page)
+    page.get_by_label("Search").fill("scan_0001")
+    page.get_by_label("Search").press("Enter")
+    page.get_by_text("Neodent HELIX 3.75 mm").first.wait_for(timeout=60_000)
+    page.get_by_label("Search").fill("NOBEL_ACTIVE_4.3mm_91")
+    page.get_by_label("Search").press("Enter")
+    page.get_by_text("Nobel Biocare ACTIVE 4.3 mm").first.wait_for(timeout=60_000)
+    assert page.locator("[data-testid='stException']").count() == 0
+    page.close()
