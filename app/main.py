@@ -30,5 +30,8 @@ page = st.navigation(
         st.Page(PAGES / "ingest.py", title="Ingest (staff)", icon=":material/upload:", url_path="ingest"),
     ]
 )
-sidebar()
+if not sidebar():
+    st.error("The database cannot be reached (see the sidebar): this page needs it. Reload once it is back.",
+             icon=":material/cloud_off:")
+    st.stop()
 page.run()

@@ -22,7 +22,7 @@ def untrained_warning() -> None:
         st.warning(md_escape(state.message), icon=":material/warning:")
 
 
-def _database_status(embedded: bool) -> None:
+def _database_status(embedded: bool) -> bool:
     kind = "embedded" if embedded else "external"
     try:
         db = get_db()
@@ -30,10 +30,11 @@ def _database_status(embedded: bool) -> None:
         stats = cached_stats()
     except RaioxError as exc:
         st.error(f"Database ({kind}) unreachable: {md_escape(exc)}")
-        return
+        return False
     st.markdown(f"**Database** ({kind}): reachable")
     st.caption(md_escape(db.description))
     st.metric("References", stats["references"])
+    return True
 
 
 def _model_status() -> None:
@@ -48,11 +49,14 @@ def _model_status() -> None:
     st.caption(md_escape(state.model_id))
 
 
-def sidebar() -> None:
-    """Database, storage, reference count, the model's state, and the disclaimer, on every page."""
+def sidebar() -> bool:
+    """Database, storage, reference count, the model's state, and the disclaimer, on every page.
+
+    Returns whether the database answered: every page needs it, and a query to a server that stopped
+    answering would wait without end."""
     settings = get_settings()
     with st.sidebar:
-        _database_status(settings.embedded_database)
+        reachable = _database_status(settings.embedded_database)
         try:
             st.caption(f"Storage: {md_escape(get_storage().description)}")
         except RaioxError as exc:
@@ -60,6 +64,7 @@ def sidebar() -> None:
         _model_status()
         untrained_warning()
         st.caption(DISCLAIMER)
+    return reachable
 
 
 def missing_vectors_notice(key: str) -> None:
@@ -74,12 +79,14 @@ def missing_vectors_notice(key: str) -> None:
     missing = stats["references"] - stats["models"].get(state.model_id, 0)
     if missing <= 0:
         return
+    if not state.usable:  # nothing can be computed, and `raiox reembed` would fail the same way
+        st.error(f"The image model could not be loaded, so the {stats['references']} references cannot be matched "
+                 f"or mapped: {md_escape(state.reason)}", icon=":material/error:")
+        return
     st.warning(
         f"{missing} of {stats['references']} references have no vectors for the active model "
         f"{md_escape(state.model_id)}, so they cannot be matched or mapped until these are computed: run "
         "`raiox reembed` with the same settings, or compute them here (staff).", icon=":material/info:")
-    if not state.usable:
-        return  # the sidebar says why the model is unavailable; nothing can be computed
     with st.expander("Compute the missing vectors (staff)"):
         if require_staff(f"{key}_reembed") and st.button(f"Compute {missing} vectors", key=f"{key}_reembed_go"):
             _reembed(state.embedder)

@@ -14,7 +14,9 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from app.resources import active_model_id, cached_embeddings, get_db, get_embedder, get_limits, get_settings, get_storage
+from app.resources import (
+    active_model_id, cached_embeddings, get_db, get_embedder, get_limits, get_model_state, get_settings, get_storage,
+)
 from app.widgets import md_escape, missing_vectors_notice, plot_text, show_error
 from raiox_core.errors import RaioxError
 from raiox_core.evaluate import TOP_K, Evaluation, evaluate
@@ -170,6 +172,8 @@ except RaioxError as exc:
     st.stop()
 
 if len(labels) < MIN_REFERENCES:
+    if not get_model_state().usable:
+        st.stop()  # the notice above says why nothing can be shown: advice to add references would mislead
     st.info(
         f"The explorer needs at least {MIN_REFERENCES} references with `{model_id}` vectors; there "
         f"{'is' if len(labels) == 1 else 'are'} {len(labels)}. Add labelled X-rays on the **Ingest** page (staff) "

@@ -49,13 +49,16 @@ def vote_chart(shares, title: str, threshold: float | None = None):
 def show_answer(result) -> None:
     """The answer in words; green only when it is confident, with which vote the percentage is a share of."""
     if result.exact is not None:
-        st.success(md_escape(result.summary) + " It is shown first among the references below when the filter allows.",
-                   icon=":material/verified:")
+        shown = any(m.id == result.exact.id for m in result.matches)
+        where = ("It is the first reference below." if shown else
+                 f"It is not among the references below: the search was restricted to {result.restricted_to}."
+                 if result.restricted_to else "")
+        st.success(md_escape(f"{result.summary} {where}".strip()), icon=":material/verified:")
     elif result.confident:
         st.success(md_escape(result.summary), icon=":material/check_circle:")
     else:
         st.warning(md_escape(result.summary), icon=":material/help:")
-    if result.restricted_to:
+    if result.confidence_of == "model" and result.restricted_to:
         st.caption(f"Restricted to {md_escape(result.restricted_to)}: its share of the manufacturer vote is 100% "
                    "by construction, so the confidence is the leading model's share among its references.")
 
@@ -161,7 +164,8 @@ for start in range(0, len(result.matches), 5):
                 st.markdown(":orange-background[Synthetic reference]")
 
 st.subheader("Compare side by side")
-pick = st.selectbox("Reference", range(len(result.matches)), key="match_compare",
+# Keyed on the result: a new result's first option is shown, not the position a previous result had.
+pick = st.selectbox("Reference", range(len(result.matches)), key=f"match_compare_{result.log_id}",
                     format_func=lambda i: f"{i + 1}. {result.matches[i].label} Ø {result.matches[i].diameter_mm:g} mm")
 chosen = result.matches[pick]
 try:
@@ -179,8 +183,9 @@ else:
 
 st.subheader("Feedback")
 with st.form("match_feedback"):
-    verdict = st.radio(f"The top match, {md_escape(result.matches[0].label)}, is", ["correct", "wrong"], index=None,
-                       horizontal=True, key="match_verdict")
+    judged = (f"The answer, reference #{result.exact.id} ({result.exact.label}), is" if result.exact is not None
+              else f"The top match, {result.matches[0].label}, is")
+    verdict = st.radio(md_escape(judged), ["correct", "wrong"], index=None, horizontal=True, key="match_verdict")
     right_answer = st.text_input("The right answer (optional)", max_chars=200, key="match_right_answer")
     if st.form_submit_button("Save feedback"):
         if verdict is None:

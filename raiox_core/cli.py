@@ -157,15 +157,16 @@ def cmd_ingest(args, s: Session) -> int:
 
 def cmd_match(args, s: Session) -> int:
     from .db import Filters
-    from .match import match_bytes
+    from .match import match_bytes, resolve_manufacturer
 
+    filters = Filters(manufacturer=resolve_manufacturer(s.db, args.manufacturer))  # "zimmer" means Zimmer
     results, refused = [], False
     for name in args.images:
         try:
             data = Path(name).read_bytes()
             result = match_bytes(data, limits=s.limits, file=name, db=s.db, embedder=s.embedder,
                                  threshold=s.settings.match_threshold, k=args.k,
-                                 filters=Filters(manufacturer=args.manufacturer))
+                                 filters=filters)
             results.append(result.to_json())
             if not args.json:
                 _print_match(result)

@@ -154,12 +154,10 @@ class Database:
             raise
 
     @contextmanager
-    def connection(self, timeout_s: float | None = None) -> Iterator[psycopg.Connection]:
-        """A pooled connection inside a transaction; connection failures become DatabaseUnavailable.
-
-        `timeout_s` bounds the wait for a connection (default: the pool's timeout)."""
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection inside a transaction; connection failures become DatabaseUnavailable."""
         try:
-            with self.pool.connection(timeout=timeout_s) as conn:
+            with self.pool.connection() as conn:
                 with conn.transaction():
                     yield conn
         except PoolTimeout:
@@ -170,9 +168,16 @@ class Database:
             raise DatabaseUnavailable(f"Lost the connection to the database at {self.description}; try again.") from None
 
     def ping(self, timeout_s: float = 2.0) -> None:
-        """One round trip, waiting at most `timeout_s`: DatabaseUnavailable now, not when a cache expires."""
-        with self.connection(timeout_s) as conn:
-            conn.execute("SELECT 1")
+        """A round trip on a new connection within `timeout_s`: DatabaseUnavailable now, not when a cache expires.
+
+        Not a pooled connection: a query on one has no client-side deadline, so a server that stopped
+        answering (frozen, or a network that drops packets) would hang the caller instead of failing.
+        """
+        try:
+            with psycopg.connect(self.url, connect_timeout=max(1, round(timeout_s)), autocommit=True) as conn:
+                conn.execute("SELECT 1")
+        except psycopg.OperationalError:
+            raise DatabaseUnavailable(f"Cannot reach the database at {self.description}; check that it is running and reachable.") from None
 
     def query(self, name: str, params: dict | None = None, *, rows: bool = True) -> list[dict]:
         with self.connection() as conn:
@@ -323,6 +328,11 @@ class Database:
 
     def list(self, filters: Filters = Filters(), limit: int = 100, offset: int = 0) -> list[dict]:
         return self.query("list-references", {**filters.params(), "limit": limit, "offset": offset})
+
+    def label_variety(self, model_id: str, filters: Filters = Filters()) -> tuple[int, int]:
+        """(manufacturers, manufacturer + model pairs) among the references a search of this model would see."""
+        row = self.query("label-variety", {**filters.params(), "model_id": model_id})[0]
+        return row["manufacturers"], row["models"]
 
     def count(self, filters: Filters = Filters()) -> int:
         return self.query("count-references", filters.params())[0]["count"]

@@ -205,6 +205,9 @@ def _try_int8(embedder: Embedder) -> None:
 
     if embedder.device != "cpu" or "fbgemm" not in torch.backends.quantized.supported_engines:
         return
+    if not hasattr(embedder.model.visual, "transformer"):  # the int8 forwards are a ViT's (not RN50's): fp32
+        log.info("%s has no transformer image tower: encoding in fp32.", embedder.model_id)
+        return
     probes = probe_images()
     reference = embedder.encode(probes)
     tower = Int8Tower(embedder.model.visual)

@@ -233,12 +233,28 @@ def _decode_dicom(data: bytes, limits: ImageLimits) -> tuple[Image.Image, int, i
             raise ValueError("unexpected pixel array shape")
         if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
             arr = -arr  # MONOCHROME1 means high values are dark; the stretch maps any range back to 0..255
+        arr = _integers_when_exact(arr)
     except ImageRejected:
         raise
     except Exception:  # untrusted bytes: pydicom raises many types
         message = "The DICOM file is truncated, corrupt or uses an encoding we cannot decode."
         raise ImageRejected(message) from None
-    return Image.fromarray(np.ascontiguousarray(arr)), width, height  # float32: mode "F"
+    return Image.fromarray(np.ascontiguousarray(arr)), width, height  # mode "L", "I;16" or (float32) "F"
+
+
+def _integers_when_exact(arr: np.ndarray) -> np.ndarray:
+    """Whole-numbered pixels (most radiographs, unless a window interpolates) as uint8/uint16, else unchanged.
+
+    Integers take the exact histogram stretch that the same pixels in a PNG or TIFF take; the float path
+    interpolates its percentiles, so a DICOM of a stored reference's pixels would not hash like it. A
+    negative range (MONOCHROME1's inversion) is shifted to start at 0, which the stretch ignores.
+    """
+    if not arr.size or not np.isfinite(arr).all() or not np.array_equal(arr, np.round(arr)):
+        return arr
+    shifted = arr - arr.min() if arr.min() < 0 else arr
+    if shifted.max() > 0xFFFF:
+        return arr
+    return shifted.astype(np.uint8 if shifted.max() <= 0xFF else np.uint16)
 
 
 @functools.cache

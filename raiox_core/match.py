@@ -8,7 +8,9 @@ from dataclasses import asdict, dataclass, field
 
 from .db import Database, Filters
 from .embedder import Embedder
+from .errors import NotFound
 from .images import ImageLimits, PreparedImage, prepare_image
+from .naming import canonical_manufacturer
 
 VOTE_POOL = 10  # the vote looks at this many neighbours even when fewer are shown, so k=1 is not 100% sure
 VOTE_TEMPERATURE = 0.05  # softmax temperature over cosine similarities, as CLIP's logit scale of 100 would be 0.01
@@ -98,23 +100,24 @@ class MatchResult:
         if not self.matches:
             return "No references to compare with for this model and filter."
         where = f" (search restricted to {self.restricted_to})" if self.restricted_to else ""
+        needed = f"below the {self.threshold * 100:g}% needed{where}"
         if self.confidence_of is None:
-            return (f"No confident match: the search was restricted to one model{where}, so the vote cannot "
-                    "confirm it. Compare the candidates yourself.")
+            return (f"No confident match: the references searched hold only one model, {self.model_vote[0].label}"
+                    f"{where}, so the vote cannot confirm it. Compare the candidates yourself.")
         if self.confidence_of == "model":
-            share = f"{self.confidence:.0%} of the vote among {self.restricted_to}'s models"
+            manufacturer = self.restricted_to or self.manufacturer_vote[0].label
+            share = f"{percent(self.confidence)} of the vote among {manufacturer}'s models"
             leader = f"the leading model, {self.model_vote[0].label}, has {share}"
         else:
-            share = f"{self.confidence:.0%} of the vote for {self.manufacturer_vote[0].label}"
-            leader = f"the leading manufacturer, {self.manufacturer_vote[0].label}, has {self.confidence:.0%} of the vote"
+            share = f"{percent(self.confidence)} of the vote for {self.manufacturer_vote[0].label}"
+            leader = f"the leading manufacturer, {self.manufacturer_vote[0].label}, has {percent(self.confidence)} of the vote"
         if self.confident and not self.model_certain:
             top = self.model_vote[0]
             return (f"Leading answer: {self.answer} ({share}); the model is uncertain: {top.label} has "
-                    f"{top.probability:.0%} of the vote, below the {self.threshold:.0%} needed.")
+                    f"{percent(top.probability)} of the vote, {needed}.")
         if self.confident:
             return f"Leading answer: {self.answer} ({share}){where}."
-        return (f"No confident match: {leader}, below the {self.threshold:.0%} needed{where}. "
-                "Compare the candidates yourself.")
+        return f"No confident match: {leader}, {needed}. Compare the candidates yourself."
 
     def to_json(self) -> dict:
         """The stable shape documented in the README for `raiox match --json`."""
@@ -140,6 +143,11 @@ class MatchResult:
         }
 
 
+def percent(share: float) -> str:
+    """A share as a whole percentage rounded down, so that 59.98% is never shown as the 60% it falls short of."""
+    return f"{math.floor(share * 100 + 1e-9):d}%"
+
+
 def vote(neighbours: list[Neighbour], temperature: float = VOTE_TEMPERATURE) -> tuple[list[Share], list[Share]]:
     """Softmax-weighted shares per manufacturer and per manufacturer+model, largest first."""
     if not neighbours:
@@ -157,17 +165,33 @@ def vote(neighbours: list[Neighbour], temperature: float = VOTE_TEMPERATURE) -> 
     return shares(lambda n: n.manufacturer), shares(lambda n: n.label)
 
 
-def confidence_for(filters: Filters, manufacturers: list[Share], models: list[Share]) -> tuple[str | None, float]:
-    """(which vote, its leading share): the first vote that the filter did not decide.
+def confidence_for(variety: tuple[int, int], manufacturers: list[Share], models: list[Share]) -> tuple[str | None, float]:
+    """(which vote, its leading share): the first vote that was not decided before the search.
 
-    Restricted to one manufacturer, the manufacturer vote is 100% by construction, so the question is
-    which model; restricted to one model, both votes are decided and nothing can be confident.
+    `variety` is (manufacturers, models) among the references searched (Database.label_variety). Restricted
+    to one manufacturer, by a filter or because the set holds no other, the manufacturer vote is 100% by
+    construction, so the question is which model; with one model, both votes are decided and nothing can
+    be confident.
     """
-    if filters.model:
-        return None, models[0].probability if models else 0.0
-    if filters.manufacturer:
+    n_manufacturers, n_models = variety
+    if n_manufacturers > 1:
+        return "manufacturer", manufacturers[0].probability if manufacturers else 0.0
+    if n_models > 1:
         return "model", models[0].probability if models else 0.0
-    return "manufacturer", manufacturers[0].probability if manufacturers else 0.0
+    return None, models[0].probability if models else 0.0
+
+
+def resolve_manufacturer(db: Database, name: str | None) -> str | None:
+    """The stored manufacturer a user's filter means ("zimmer", "ZIMMER" -> "Zimmer"); NotFound when none is."""
+    if not name or not name.strip():
+        return None
+    known = [r["manufacturer"] for r in db.query("count-by-manufacturer")]
+    wanted = canonical_manufacturer(name).casefold()
+    for stored in known:
+        if stored.casefold() == wanted:
+            return stored
+    shown = ", ".join(known[:12]) + (", …" if len(known) > 12 else "") if known else "none yet"
+    raise NotFound(f"No reference has the manufacturer {name.strip()[:80]!r}; the manufacturers are: {shown}.")
 
 
 def _exact_reference(db: Database, sha256: str) -> ExactReference | None:
@@ -197,8 +221,8 @@ def match_image(
     vector = embedder.encode_one(image.image)
     rows = db.search(vector, embedder.model_id, k=max(k, VOTE_POOL), filters=filters)
     neighbours = [Neighbour(**{f: r[f] for f in Neighbour.__dataclass_fields__}) for r in rows]
-    manufacturers, models = vote(neighbours)
-    basis, confidence = confidence_for(filters, manufacturers, models)
+    manufacturers, models = vote(neighbours[:VOTE_POOL])  # the same vote whatever k
+    basis, confidence = confidence_for(db.label_variety(embedder.model_id, filters), manufacturers, models)
     confident = basis is not None and bool(neighbours) and confidence >= threshold
     exact = _exact_reference(db, image.sha256)
     if exact is not None:

@@ -10,6 +10,7 @@ import json
 import pytest
 
 from raiox_core.images import prepare_image
+from raiox_core.match import percent
 from tests.app.conftest import page_test
 
 # A name that could identify a patient: it must never reach the database or the downloads.
@@ -66,7 +67,12 @@ def upload(name: str, data: bytes, mime: str = "image/png"):
 
 def texts(elements) -> list[str]:
     """What the user reads: the element's markdown with its backslash escapes resolved."""
-    return [re.sub(r"\\(.)", r"\1", e.value) for e in elements]
+    return [plain(e.value) for e in elements]
+
+
+def plain(markdown: str) -> str:
+    """Backslash escapes resolved, word joiners (which keep URLs and shortcodes inert) removed."""
+    return re.sub(r"\\(.)", r"\1", markdown).replace("\u2060", "")
 
 
 def similarities(at) -> list[float]:
@@ -167,7 +173,7 @@ def test_a_confident_match_states_the_leading_answer(seeded, demo, monkeypatch):
     result = result_of(at)
     assert result.confident and result.exact is None
     assert texts(at.success) == [
-        f"Leading answer: {result.answer} ({result.confidence:.0%} of the vote for "
+        f"Leading answer: {result.answer} ({percent(result.confidence)} of the vote for "
         f"{result.manufacturer_vote[0].label})."
     ]
     assert not any("No confident match" in w for w in texts(at.warning))
@@ -176,10 +182,14 @@ def test_a_confident_match_states_the_leading_answer(seeded, demo, monkeypatch):
 def test_under_a_manufacturer_filter_the_confidence_is_the_models_share(seeded, demo, monkeypatch):
     threshold(monkeypatch, "0.99")
     at = upload("query.png", near_copy(demo[0][1]))
+    at.selectbox(key=f"match_compare_{result_of(at).log_id}").select(1)  # compare the second match...
+    at.run()
     at.selectbox(key="match_manufacturer").select("Nobel Biocare")
     at.run()
     assert not at.exception
     result = result_of(at)
+    compare = at.selectbox(key=f"match_compare_{result.log_id}")  # ...then a new result starts at its first
+    assert compare.value == 0 and at.image[-1].captions[0].startswith(result.matches[0].label)
     assert result.restricted_to == "Nobel Biocare" and result.confidence_of == "model"
     assert result.manufacturer_vote[0].probability == pytest.approx(1.0)
     assert result.confidence == pytest.approx(result.model_vote[0].probability)
@@ -187,6 +197,18 @@ def test_under_a_manufacturer_filter_the_confidence_is_the_models_share(seeded, 
     assert any("restricted to Nobel Biocare" in t and "among Nobel Biocare's models" in t for t in shown)
     assert any(c.value.startswith("Restricted to Nobel Biocare") for c in at.caption)
     assert len(at.get("plotly_chart")) == 2  # the model vote and the difference map: no 100% manufacturer bar
+
+
+def test_an_exact_copy_outside_the_filter_says_so(seeded, demo):
+    at = upload("query.png", demo[0][1])  # a Nobel Biocare reference, byte for byte
+    at.selectbox(key="match_manufacturer").select("Straumann")
+    at.run()
+    assert not at.exception
+    exact = result_of(at).exact
+    assert texts(at.success)[0].endswith("It is not among the references below: the search was restricted to "
+                                         "Straumann.")
+    assert not any(c.value.startswith("Restricted to") for c in at.caption)  # the confidence is not a vote's
+    assert plain(at.radio(key="match_verdict").label) == f"The answer, reference #{exact.id} (Nobel Biocare REPLACE), is"
 
 
 def test_a_refused_upload_hides_the_rotate_and_crop_controls(few_references):
@@ -200,7 +222,7 @@ def test_reruns_reuse_the_result_until_the_query_or_search_changes(seeded, demo,
     assert len(log_rows(db)) == 1
 
     # Choosing another match to compare reruns the script but not the model.
-    at.selectbox(key="match_compare").set_value(1).run()
+    at.selectbox(key=f"match_compare_{result_of(at).log_id}").set_value(1).run()
     assert not at.exception and len(log_rows(db)) == 1
     (ssim,) = [float(m.value) for m in at.metric if m.label == "SSIM"]
     assert ssim < 1.0

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+from pathlib import Path
+
 from tests.app.test_model_state import configure, dashboard
 from tests.reliability.conftest import own_pg  # noqa: F401  (a fixture: a PostgreSQL this test stops)
 
@@ -22,6 +27,32 @@ def test_the_sidebar_follows_a_database_outage_at_once(app_env, own_pg, monkeypa
         own_pg.start()
         at.run()
         assert any(m.value == "**Database** (external): reachable" for m in at.sidebar.markdown)
+        assert not at.main.error
+
+        # A server that stops answering (frozen, or packets dropped): the render ends, and says so.
+        with frozen(own_pg):
+            at.run()
+            assert any(e.value.startswith("Database (external) unreachable") for e in at.sidebar.error)
+            assert any(e.value.startswith("The database cannot be reached") for e in at.main.error)
+        at.run()
+        assert any(m.value == "**Database** (external): reachable" for m in at.sidebar.markdown)
     finally:
         own_pg.start()
         resources.get_db.clear()  # the next test's app opens the shared test database again
+
+
+class frozen:
+    """SIGSTOP the server's postmaster and backends for the block: a server that accepts but never answers."""
+
+    def __init__(self, server) -> None:
+        postmaster = int((Path(server.server.pgdata) / "postmaster.pid").read_text().split()[0])
+        children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(postmaster)], capture_output=True, text=True)
+        self.pids = [postmaster, *(int(p) for p in children.stdout.split())]
+
+    def __enter__(self):
+        for pid in self.pids:
+            os.kill(pid, signal.SIGSTOP)
+
+    def __exit__(self, *exc):
+        for pid in self.pids:
+            os.kill(pid, signal.SIGCONT)

@@ -15,7 +15,7 @@ def test_match_under_a_filter_and_an_exact_copy(run, tmp_path):  # noqa: F811
     paths = write(tmp_path, files)
     assert run("ingest", *paths[1:]).returncode == 0
     # paths[0] is not a reference; paths[1] is one, byte for byte.
-    proc = run("match", paths[0], paths[1], "--manufacturer", "Nobel Biocare", "--json", RAIOX_MATCH_THRESHOLD="0.99")
+    proc = run("match", paths[0], paths[1], "--manufacturer", "nobel", "--json", RAIOX_MATCH_THRESHOLD="0.99")
     assert proc.returncode == 0, proc.stderr
     filtered, exact = json.loads(proc.stdout)
     assert filtered["restricted_to"] == "Nobel Biocare" and filtered["confidence_of"] == "model"

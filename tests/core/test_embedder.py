@@ -124,3 +124,14 @@ def test_weights_that_int8_cannot_follow_stay_fp32(tmp_path, caplog):
     assert "encoding in fp32" in caplog.text
     im = images(2, seed=5)
     assert np.allclose(loaded.encode(im), outliers.encode(im), atol=1e-5)
+
+
+def test_a_model_without_a_transformer_tower_loads_and_encodes_in_fp32():
+    """RN50's image tower is a ResNet: the int8 forwards (written for a ViT) are not tried on it."""
+    resnet = load_embedder("RN50", "none", "cpu")
+    assert resnet.precision == "fp32" and resnet.int8_min_cosine is None
+    from raiox_core.synthetic import demo_files
+    from raiox_core.images import prepare_image
+
+    vector = resnet.encode_one(prepare_image(demo_files(per_diameter=1)[0][1]).image)
+    assert vector.shape == (resnet.dim,) and abs(float(vector @ vector) - 1) < 1e-5

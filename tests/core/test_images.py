@@ -562,3 +562,11 @@ def test_truncated_real_files_only_ever_raise_image_rejected(cut, fmt):
         prepare_image(data[: int(len(data) * cut)])
     except ImageRejected as exc:
         assert_sentence(str(exc))
+
+
+def test_a_dicom_of_a_pngs_pixels_hashes_like_the_png():
+    """The same pixels normalise to the same image whatever the container, so an exact copy is recognised."""
+    pixels = (np.add.outer(np.arange(48), np.arange(64)) * 2 % 256).astype(np.uint8)
+    png = io.BytesIO()
+    Image.fromarray(pixels).save(png, format="PNG")
+    assert prepare_image(dicom_bytes(pixels)).sha256 == prepare_image(png.getvalue()).sha256

@@ -99,3 +99,41 @@ def test_an_image_identical_to_a_reference_is_answered_as_that_reference(db, emb
     assert data["exact_reference"] == {"id": ref_id, "manufacturer": "Neodent", "model": "DRIVE", "diameter_mm": 3.75,
                                        "source_filename": "NEODENT_DRIVE_3.75mm.png"}
     assert db.match_log(result.log_id)["answer"] == result.answer
+
+
+def test_a_manufacturer_with_one_model_cannot_make_a_confident_answer(db, embedder, query):
+    """Osstem has one model: under its filter the model vote is 100% by construction, whatever the X-ray."""
+    image, vector = query
+    add(db, embedder, "Osstem", "TS3", far_from(vector, 3))
+    add(db, embedder, "Straumann", "BL", vector)
+    add(db, embedder, "Straumann", "BLT", far_from(vector, 4))
+    result = match_image(image, db=db, embedder=embedder, threshold=0.6, k=3, filters=Filters(manufacturer="Osstem"))
+    assert result.model_vote[0].probability == pytest.approx(1.0)
+    assert result.confidence_of is None and not result.confident
+    assert "hold only one model, Osstem TS3 (search restricted to Osstem)" in result.summary
+
+
+def test_a_set_of_one_manufacturer_votes_on_the_model_without_a_filter(db, embedder, query, split_models):
+    image, _ = query
+    with db.connection() as conn:  # only Straumann left
+        conn.execute("DELETE FROM reference_implants WHERE manufacturer <> 'Straumann'")
+    result = match_image(image, db=db, embedder=embedder, threshold=0.6, k=3)
+    assert result.confidence_of == "model" and not result.confident
+    assert "among Straumann's models" in result.summary and result.restricted_to is None
+
+
+def test_shares_are_rounded_down_so_a_near_miss_never_reads_as_the_threshold():
+    from raiox_core.match import percent
+
+    assert (percent(0.5998), percent(0.6), percent(1.0), percent(0.0)) == ("59%", "60%", "100%", "0%")
+
+
+def test_a_manufacturer_filter_is_resolved_as_staff_would_type_it(db, embedder, query, split_models):
+    from raiox_core.errors import NotFound
+    from raiox_core.match import resolve_manufacturer
+
+    assert resolve_manufacturer(db, "straumann") == "Straumann"
+    assert resolve_manufacturer(db, "NOBEL") == "Nobel Biocare"  # the file-name token
+    assert resolve_manufacturer(db, " ") is None
+    with pytest.raises(NotFound, match=r"^No reference has the manufacturer 'Zimmer'; the manufacturers are: "):
+        resolve_manufacturer(db, "Zimmer")

@@ -12,6 +12,7 @@ import os
 from urllib.parse import urlsplit
 
 import pytest
+from playwright.sync_api import expect
 
 from app.widgets import WORD_JOINER
 from raiox_core.synthetic import demo_files
@@ -178,7 +179,8 @@ def test_match_result_with_hostile_neighbours(visit, hostile_app):
     text = shown_text(page)
     top = f"{CORPUS[0][0]} {CORPUS[0][1]}"
     assert f"1. {top}" in text  # the result card
-    assert f"The top match, {top}, is" in text  # the feedback prompt
+    # The query is the first reference's own image: the feedback prompt asks about that answer.
+    assert f"The answer, reference #{hostile_app['ids'][0]} ({top}), is" in text
     assert f"{top} Ø 3.75 mm" in text  # the compare caption
     assert CORPUS[0][0] in text and CORPUS[1][0] in text  # the vote chart
 
@@ -204,4 +206,4 @@ def test_relabel_form_shows_the_stored_labels(visit, hostile_app):
     page.get_by_role("button", name="Save labels").click()
     wait_for_text(page, f"Reference #{plain} relabelled.")
     wait_idle(page)
-    assert manufacturer.input_value() == "Straumann"  # canonicalised, as stored, not as typed
+    expect(manufacturer).to_have_value("Straumann", timeout=30_000)  # canonicalised, as stored, not as typed
