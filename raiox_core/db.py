@@ -330,9 +330,28 @@ class Database:
         return self.query("list-references", {**filters.params(), "limit": limit, "offset": offset})
 
     def label_variety(self, model_id: str, filters: Filters = Filters()) -> tuple[int, int]:
-        """(manufacturers, manufacturer + model pairs) among the references a search of this model would see."""
-        row = self.query("label-variety", {**filters.params(), "model_id": model_id})[0]
-        return row["manufacturers"], row["models"]
+        """(manufacturers, manufacturer + model pairs), each counted up to 2, among the references a search of
+        this model would see: a vote over only one of them is decided before the search.
+
+        Counted up to 2 so that it stops at the first difference: a match pays a few index probes, not a
+        scan of every reference.
+        """
+        searched = [sql.SQL("EXISTS (SELECT 1 FROM embeddings e WHERE e.reference_id = r.id AND e.model_id = %(model_id)s)")]
+        searched += [sql.SQL(_FILTER_SQL[key]) for key in filters.active()]
+        where = sql.SQL(" AND ").join(searched)
+        params = {**filters.active(), "model_id": model_id}
+        with self.connection() as conn:
+            first = conn.execute(sql.SQL("SELECT r.manufacturer, r.model FROM reference_implants r WHERE {} LIMIT 1")
+                                 .format(where), params).fetchone()
+            if first is None:
+                return 0, 0
+            other = sql.SQL("EXISTS (SELECT 1 FROM reference_implants r WHERE {} AND ({}))")
+            manufacturers, models = conn.execute(
+                sql.SQL("SELECT {}, {}").format(
+                    other.format(where, sql.SQL("r.manufacturer <> %(m)s")),
+                    other.format(where, sql.SQL("r.manufacturer <> %(m)s OR r.model <> %(mo)s"))),
+                {**params, "m": first[0], "mo": first[1]}).fetchone()
+        return 1 + manufacturers, 1 + models
 
     def count(self, filters: Filters = Filters()) -> int:
         return self.query("count-references", filters.params())[0]["count"]

@@ -57,9 +57,10 @@ class ExactReference:
 class MatchResult:
     """Top-k neighbours, the vote, and whether the answer clears the confidence threshold.
 
-    `confidence_of` says which vote the confidence is: "manufacturer" (no filter), "model" (restricted to one
-    manufacturer, whose own share the filter decided), "exact image" (the query is a stored reference), or
-    None when the filter decided both votes, so that no confidence can rest on them.
+    `confidence_of` says which vote the confidence is: "manufacturer"; "model" when the references searched
+    hold one manufacturer (a filter, or a set of one), whose vote is then 100% by construction; "exact
+    image" (the query is a stored reference); or None when they hold one model, so that no confidence can
+    rest on the vote.
     """
 
     file: str
@@ -168,7 +169,7 @@ def vote(neighbours: list[Neighbour], temperature: float = VOTE_TEMPERATURE) -> 
 def confidence_for(variety: tuple[int, int], manufacturers: list[Share], models: list[Share]) -> tuple[str | None, float]:
     """(which vote, its leading share): the first vote that was not decided before the search.
 
-    `variety` is (manufacturers, models) among the references searched (Database.label_variety). Restricted
+    `variety` is (manufacturers, models), each up to 2, among the references searched (Database.label_variety). Restricted
     to one manufacturer, by a filter or because the set holds no other, the manufacturer vote is 100% by
     construction, so the question is which model; with one model, both votes are decided and nothing can
     be confident.

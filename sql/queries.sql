@@ -39,17 +39,6 @@ WHERE (%(manufacturer)s::text IS NULL OR manufacturer = %(manufacturer)s)
   AND (%(diameter_max)s::real IS NULL OR diameter_mm <= %(diameter_max)s)
   AND (%(text)s::text IS NULL OR manufacturer || ' ' || model || ' ' || source_filename ILIKE '%%' || %(text)s || '%%');
 
--- name: label-variety
--- How many manufacturers and models a search can vote between: a vote over one of them is decided in advance.
-SELECT count(DISTINCT r.manufacturer) AS manufacturers, count(DISTINCT (r.manufacturer, r.model)) AS models
-FROM embeddings e JOIN reference_implants r ON r.id = e.reference_id
-WHERE e.model_id = %(model_id)s
-  AND (%(manufacturer)s::text IS NULL OR r.manufacturer = %(manufacturer)s)
-  AND (%(model)s::text IS NULL OR r.model = %(model)s)
-  AND (%(diameter_min)s::real IS NULL OR r.diameter_mm >= %(diameter_min)s)
-  AND (%(diameter_max)s::real IS NULL OR r.diameter_mm <= %(diameter_max)s)
-  AND (%(text)s::text IS NULL OR r.manufacturer || ' ' || r.model || ' ' || r.source_filename ILIKE '%%' || %(text)s || '%%');
-
 -- name: delete-reference
 DELETE FROM reference_implants WHERE id = %(id)s RETURNING object_key;
 
