@@ -35,6 +35,15 @@ def get_db() -> Database:
     return open_database(get_settings())
 
 
+def restart_embedded_database() -> Database:
+    """The embedded PostgreSQL is Raiox's own: when it has stopped under the dashboard (killed, or stopped by
+    hand), a new handle starts it again, as any command would. Raises DatabaseUnavailable if it cannot."""
+    stale = get_db()
+    get_db.clear()
+    stale.close()
+    return get_db()
+
+
 @st.cache_resource(show_spinner=False)
 def get_storage() -> Storage:
     return open_storage(get_settings())

@@ -8,7 +8,9 @@ import re
 
 import streamlit as st
 
-from app.resources import cached_stats, clear_query_caches, get_db, get_model_state, get_settings, get_storage
+from app.resources import (
+    cached_stats, clear_query_caches, get_db, get_model_state, get_settings, get_storage, restart_embedded_database,
+)
 from raiox_core.errors import RaioxError
 from raiox_core.model_state import UNAVAILABLE, UNTRAINED
 
@@ -26,7 +28,13 @@ def _database_status(embedded: bool) -> bool:
     kind = "embedded" if embedded else "external"
     try:
         db = get_db()
-        db.ping()  # a live check: the cached counts below may be up to a minute old
+        try:
+            db.ping()  # a live check: the cached counts below may be up to a minute old
+        except RaioxError:
+            if not embedded:
+                raise
+            db = restart_embedded_database()  # ours to run: started again, as the next command would
+            db.ping()
         stats = cached_stats()
     except RaioxError as exc:
         st.error(f"Database ({kind}) unreachable: {md_escape(exc)}")

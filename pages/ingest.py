@@ -39,6 +39,8 @@ CHECKS = "ingest_checks"  # session key: {(upload file_id, source name): (sha256
 REPORT = "ingest_report"  # session key: the last ingestion's per-file results
 ROUND = "ingest_round"  # session key: bumped after an ingestion so the uploader starts empty
 LABEL_COLUMNS = ["manufacturer", "model", "diameter_mm"]
+EDITS = "ingest_edits"  # session key: {(upload file_id, source name): {column: value}}, the corrections so far
+SHOWN = "ingest_shown"  # session key: (editor key, the row keys it showed), to keep its edits when it is replaced
 COLUMN_PX = {"file": 280, "manufacturer": 180, "model": 150, "diameter_mm": 130}  # fixed widths: the table
 # does not jump about as values are typed (and a browser test knows where each cell is)
 STAGES = {"reading": "Reading", "embedding": "Embedding", "storing": "Storing and inserting", "done": "Done"}
@@ -75,6 +77,23 @@ def parsed_labels(source: Source) -> dict:
     except NamingError:
         return {"manufacturer": "", "model": "", "diameter_mm": None}
     return {"manufacturer": labels.manufacturer, "model": labels.model, "diameter_mm": labels.diameter_mm}
+
+
+def keep_edits(editor_key: str) -> dict:
+    """The corrections typed so far, by file; when the uploads change, the replaced table's go with their files.
+
+    The table's data must stay the same while it is shown (a changed one resets the grid and loses what was
+    typed), so edits are folded in only here, when a new table replaces the old one.
+    """
+    edits = st.session_state.setdefault(EDITS, {})
+    shown = st.session_state.get(SHOWN)
+    if shown and shown[0] != editor_key:
+        state = st.session_state.get(shown[0])  # still there in the run after the table was last drawn
+        for row, changes in (state or {}).get("edited_rows", {}).items():
+            if 0 <= int(row) < len(shown[1]):
+                edits.setdefault(shown[1][int(row)], {}).update(
+                    {column: value for column, value in changes.items() if column in LABEL_COLUMNS})
+    return edits
 
 
 def override(row) -> LabelOverride:
@@ -128,7 +147,8 @@ def run_ingest(sources: list[Source], refused: list[FileReport]) -> None:
     clear_query_caches()  # the new references show at once on every page
     st.session_state[REPORT] = report_dicts(report)
     st.session_state[ROUND] = st.session_state.get(ROUND, 0) + 1
-    st.session_state.pop(CHECKS, None)
+    for name in (CHECKS, EDITS, SHOWN):
+        st.session_state.pop(name, None)
     st.rerun()
 
 
@@ -162,7 +182,11 @@ except RaioxError as exc:
 
 fingerprint = hashlib.sha256("\n".join(u.file_id for u in uploads).encode()).hexdigest()[:12]
 editor_key = f"ingest_labels_{fingerprint}"  # new uploads, new table: edits never land on the wrong row
-labels = pd.DataFrame([{"file": s.name, **parsed_labels(s)} for s in sources], columns=["file", *LABEL_COLUMNS])
+row_keys = [(file_id, source.name) for file_id, source in pairs]
+edits = keep_edits(editor_key)
+labels = pd.DataFrame([{"file": s.name, **parsed_labels(s), **edits.get(key, {})} for s, key in zip(sources, row_keys)],
+                      columns=["file", *LABEL_COLUMNS])
+st.session_state[SHOWN] = (editor_key, row_keys)
 labels["diameter_mm"] = pd.to_numeric(labels["diameter_mm"], errors="coerce")
 if sources:
     st.caption("Labels (double-click a cell to correct it; a blank cell takes the value from the file name)")

@@ -17,11 +17,22 @@ EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 APP_ENTRYPOINT = Path(__file__).resolve().parent.parent / "app" / "main.py"
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+def _int_between(low: int, high: int):
+    """An argparse type for a whole number in [low, high]: a usage error, never a database's overflow."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high:,}")
+        return value
+
+    return parse
+
+
+MAX_K, MAX_LIST = 50, 1_000_000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,13 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("match", help="find the most similar references for X-ray images")
     s.add_argument("images", nargs="+", metavar="IMAGE")
-    s.add_argument("--k", type=_positive_int, default=3)
+    s.add_argument("--k", type=_int_between(1, MAX_K), default=3, help=f"references to show (1-{MAX_K})")
     s.add_argument("--manufacturer")
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("list", help="list references")
     s.add_argument("--manufacturer")
-    s.add_argument("--limit", type=_positive_int, default=1000)
+    s.add_argument("--limit", type=_int_between(1, MAX_LIST), default=1000)
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("stats", help="counts per manufacturer and per model_id")
@@ -352,13 +363,19 @@ def cmd_bench(args, s: Session) -> int:
 
 
 def seed_demo(s: Session) -> int:
-    """Ingest the synthetic set when the database has no references; returns how many were added."""
+    """Ingest the synthetic set while the database holds no references of its own; returns how many were added.
+
+    A seed stopped half-way (Ctrl-C, kill -9) is finished by the next one: copies already stored are skipped.
+    """
     from .ingest import Source, ingest
     from .synthetic import demo_files
 
-    if s.db.count() > 0:
+    files = demo_files()
+    counts = {r["source"]: r["count"] for r in s.db.query("count-by-source")}
+    synthetic = counts.pop("synthetic", 0)
+    if sum(counts.values()) or synthetic >= len(files):
         return 0
-    sources = [Source.from_bytes(name, data) for name, data in demo_files()]
+    sources = [Source.from_bytes(name, data) for name, data in files]
     report = ingest(sources, db=s.db, storage=s.storage, embedder=s.embedder, limits=s.limits, source="synthetic",
                     progress=_progress)
     return len(report.ingested)

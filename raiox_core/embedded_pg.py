@@ -148,6 +148,9 @@ def start(data_dir: Path):
         from pgserver import get_server
 
         server = get_server(pgdata)  # stops when the last process using it exits
+        with PostgresServer._lock:
+            # get_server hands back this process's earlier handle as it is: start a server stopped under it.
+            server.ensure_postgres_running()
         tune(server, restart=fresh)
     except Exception as exc:  # pgserver raises plain exceptions with initdb/pg_ctl output
         raise DatabaseUnavailable(f"Could not start the embedded PostgreSQL in {pgdata}: {str(exc).splitlines()[0]}") from None

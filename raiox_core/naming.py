@@ -63,15 +63,17 @@ def check_diameter(diameter_mm: float) -> float:
     return round(float(diameter_mm), 2)
 
 
+def _unconventional(name: str) -> str:
+    return f"the name {name[:80]!r} does not follow MANUFACTURER_MODEL_DIAMETER_NN (e.g. NOBEL_REPLACE_4.3mm_01.jpg)"
+
+
 def parse_filename(filename: str) -> Labels:
     """Labels from `NOBEL_REPLACE_4.3mm_01.jpg`; NamingError when the name does not follow the convention."""
     name = PurePosixPath(filename.replace("\\", "/")).name
     m = _NAME.match(_EXTENSION.sub("", name))
     if not m:
-        raise NamingError(
-            f"The name {name[:80]!r} does not follow MANUFACTURER_MODEL_DIAMETER_NN "
-            "(e.g. NOBEL_REPLACE_4.3mm_01.jpg); give the labels explicitly."
-        )
+        clause = _unconventional(name)
+        raise NamingError(f"{clause[0].upper()}{clause[1:]}; give the labels explicitly.")
     diameter = check_diameter(float(m["diameter"].replace(",", ".")))
     return Labels(canonical_manufacturer(m["manufacturer"]), m["model"].upper(), diameter)
 
@@ -85,7 +87,17 @@ def resolve_labels(
     """Explicit labels override those parsed from the name; with all three given the name is not needed."""
     if manufacturer and model and diameter_mm is not None:
         return Labels(canonical_manufacturer(manufacturer), model.strip().upper(), check_diameter(diameter_mm))
-    parsed = parse_filename(filename)
+    given = {"manufacturer": manufacturer, "model": model, "diameter": diameter_mm}
+    missing = [label for label, value in given.items() if value in (None, "")]
+    try:
+        parsed = parse_filename(filename)
+    except NamingError:
+        if len(missing) == len(given):
+            raise
+        # Some labels were given: say which are still needed, not only that the name does not parse.
+        wanted = " and the ".join(missing)
+        raise NamingError(f"Give the {wanted} too: {_unconventional(PurePosixPath(filename).name)}, so it cannot "
+                          f"supply {'it' if len(missing) == 1 else 'them'}.") from None
     return Labels(
         canonical_manufacturer(manufacturer) if manufacturer else parsed.manufacturer,
         model.strip().upper() if model else parsed.model,

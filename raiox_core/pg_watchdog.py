@@ -20,7 +20,9 @@ def watch(pgdata: Path, poll_s: float = POLL_S) -> None:
     import fasteners
 
     server_lock = embedded_pg.postgres_server_class()._lock
-    if not fasteners.InterProcessLock(pgdata / embedded_pg.WATCHDOG_LOCK).acquire(blocking=False):
+    # Kept in a name for the whole watch: a lock object that is collected closes its file and lets go.
+    mine = fasteners.InterProcessLock(pgdata / embedded_pg.WATCHDOG_LOCK)
+    if not mine.acquire(blocking=False):
         return  # another watchdog watches this server
     while True:
         time.sleep(poll_s)

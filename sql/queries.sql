@@ -49,6 +49,9 @@ WHERE id = %(id)s RETURNING id;
 -- name: count-by-manufacturer
 SELECT manufacturer, count(*) FROM reference_implants GROUP BY manufacturer ORDER BY count(*) DESC, manufacturer;
 
+-- name: count-by-source
+SELECT source, count(*) FROM reference_implants GROUP BY source;
+
 -- name: count-by-label
 SELECT manufacturer, model, count(*) FROM reference_implants GROUP BY manufacturer, model ORDER BY manufacturer, model;
 

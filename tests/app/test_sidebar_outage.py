@@ -56,3 +56,31 @@ class frozen:
     def __exit__(self, *exc):
         for pid in self.pids:
             os.kill(pid, signal.SIGCONT)
+
+
+def test_the_dashboard_starts_its_embedded_database_again(app_env, monkeypatch):
+    """The embedded server is the dashboard's own: stopped under it, the next render starts it again."""
+    import shutil
+    import tempfile
+
+    from app import resources
+    from raiox_core import embedded_pg
+
+    data_dir = Path(tempfile.mkdtemp(prefix="raiox-test-restart-"))  # not pytest's: postgres runs as another user
+    monkeypatch.delenv("RAIOX_DATABASE_URL")
+    configure(monkeypatch, RAIOX_DATA_DIR=str(data_dir))
+    resources.get_db.clear()
+    try:
+        at = dashboard().run()
+        assert any(m.value == "**Database** (embedded): reachable" for m in at.sidebar.markdown)
+        embedded_pg.stop(data_dir / "pg")
+        at.run()
+        assert not at.exception and not at.sidebar.error and not at.main.error
+        assert any(m.value == "**Database** (embedded): reachable" for m in at.sidebar.markdown)
+        assert embedded_pg.postmaster_pid(data_dir / "pg") is not None
+    finally:
+        resources.get_db().close()
+        resources.get_db.clear()
+        if embedded_pg.postmaster_pid(data_dir / "pg") is not None:
+            embedded_pg.stop(data_dir / "pg")
+        shutil.rmtree(data_dir, ignore_errors=True)

@@ -127,6 +127,9 @@ def test_doctor_names_an_index_built_with_older_parameters_and_repair_rebuilds_i
 def test_usage_and_configuration_errors(run, tmp_path):
     assert run("match").returncode == 2
     assert run("match", "x.png", "--k", "0").returncode == 2
+    for args in (["match", "x.png", "--k", "100000000000"], ["list", "--limit", "99999999999999999999"]):
+        proc = run(*args)  # not a database overflow with a traceback: a usage error
+        assert proc.returncode == 2 and "must be between 1 and" in proc.stderr, proc.stderr
     proc = run("stats", RAIOX_DEVICE="tpu")
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "RAIOX_DEVICE" in proc.stderr
     proc = run("match", str(tmp_path / "nope.png"))

@@ -41,3 +41,11 @@ def test_explicit_labels_override_and_replace_the_name():
 def test_vocabulary_maps_tokens_and_full_names():
     assert canonical_manufacturer("NOBEL") == canonical_manufacturer("Nobel Biocare") == "Nobel Biocare"
     assert canonical_manufacturer("zimmer biomet") == "Zimmer"
+
+
+def test_partly_given_labels_say_which_are_missing():
+    with pytest.raises(NamingError, match=r"^Give the model and the diameter too: the name 'scan_0002.png' does not "
+                                          r"follow MANUFACTURER_MODEL_DIAMETER_NN .*, so it cannot supply them\.$"):
+        resolve_labels("scan_0002.png", manufacturer="zimmer")
+    with pytest.raises(NamingError, match=r"^Give the diameter too: .*, so it cannot supply it\.$"):
+        resolve_labels("scan_0002.png", manufacturer="zimmer", model="tsv")

@@ -145,3 +145,15 @@ def test_a_server_left_by_killed_users_is_adopted_and_stopped_by_the_next_ones_e
     server.cleanup()  # this process's exit: the last user now, so it stops the server
     assert embedded_pg.postmaster_pid(pgdata) is None
     _wait_until_nothing_runs(pgdata)
+
+
+def test_one_watchdog_per_server_however_many_commands_join_it(data_dir, holder):
+    """Each command that joins a running server checks for its watchdog; a second one must not stay."""
+    pgdata = data_dir / "pg"
+    for _ in range(3):
+        proc = subprocess.run([sys.executable, "-m", "raiox_core.cli", "stats"], capture_output=True, text=True,
+                              env=_embedded_env(data_dir), timeout=120)
+        assert proc.returncode == 0, proc.stderr
+    time.sleep(2)  # a needless watchdog would have started and found the lock by now
+    watchdogs = [p for p in _started_by_raiox(pgdata) if "raiox_core.pg_watchdog" in p.cmdline()]
+    assert len(watchdogs) == 1, [p.cmdline() for p in watchdogs]

@@ -44,6 +44,7 @@ def _type_and_enter(page, text: str) -> None:
 
 def test_labels_typed_into_the_table_are_stored(browser, app_url, tmp_path):  # noqa: F811
     named, unnamed = tmp_path / "NOBEL_ACTIVE_4.3mm_91.png", tmp_path / "scan_0001.png"
+    added = tmp_path / "ZIMMER_TSV_3.75mm_93.png"
     named.write_bytes(_png(9101))
     unnamed.write_bytes(_png(9102))
     page = browser.new_page(viewport={"width": 1400, "height": 900})
@@ -67,8 +68,13 @@ def test_labels_typed_into_the_table_are_stored(browser, app_url, tmp_path):  # 
     # Every edit survived the reruns between them: the row is now ready.
     page.get_by_text("2 ready, 0 duplicates, 0 rejected.").wait_for(timeout=60_000)
     wait_idle(page)
+    # One more file: a new table, which keeps what was typed into the old one.
+    added.write_bytes(_png(9103))
+    page.locator("input[type='file']").first.set_input_files([str(added)])
+    page.get_by_text("3 ready, 0 duplicates, 0 rejected.").wait_for(timeout=120_000)
+    wait_idle(page)
     assert page.locator("[data-testid='stException']").count() == 0
-    page.get_by_role("button", name="Ingest 2 files").click()
+    page.get_by_role("button", name="Ingest 3 files").click()
     page.get_by_text("Last ingestion").wait_for(timeout=180_000)
     wait_idle(page)
 
