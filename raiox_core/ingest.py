@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Callable, Iterable
 
-from .catalogue import restore_missing_image
+from .catalogue import remove_unreferenced, restore_missing_image
 from .db import Database, DuplicateReference
 from .embedder import Embedder
 from .errors import DatabaseUnavailable, ImageRejected, NamingError, StorageError
@@ -304,20 +304,18 @@ def _store_one(candidate: _Candidate, vector, *, db: Database, storage: Storage,
         candidate.report.status, candidate.report.id = "duplicate", dup.reference_id
     except BaseException:
         if stored:  # the commit failed after the object was written: take the object back
-            _take_back(db, storage, key, image.sha256)
+            _take_back(db, storage, key)
         raise
 
 
-def _take_back(db: Database, storage: Storage, key: str, sha256: str) -> None:
+def _take_back(db: Database, storage: Storage, key: str) -> None:
     """Remove an object whose commit failed, unless the commit landed after all (its reply was lost).
 
     When the database cannot tell, the object stays: an orphan is swept later (`raiox doctor --repair`,
     or reused by the next ingestion of the image), a row without its image would be lost data.
     """
     try:
-        if db.existing([sha256]):
-            return
-        storage.delete(key)
+        remove_unreferenced(db, storage, key)  # under the image's lock: a concurrent copy's row keeps it
     except (StorageError, DatabaseUnavailable):
         log.error("Could not remove %s after a failed commit; `raiox doctor --repair` will.", key)
 
