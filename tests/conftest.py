@@ -34,6 +34,9 @@ def pg_url() -> str:
 
     Not under pytest's tmp dir: that one is private to root, and pgserver runs postgres as its own user.
     """
+    from raiox_core.embedded_pg import postgres_server_class
+
+    postgres_server_class()  # imports pgserver as Raiox does, without the XDG_RUNTIME_DIR warning
     import pgserver
 
     server = pgserver.get_server(tempfile.mkdtemp(prefix="raiox-test-pg-"), cleanup_mode="delete")
