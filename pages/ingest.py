@@ -4,9 +4,10 @@ Each uploaded image is decoded and hashed once per upload (kept in this session 
 duplicates are re-judged on every rerun by the core's Planner (the rule ingestion itself applies), so the
 validation always reflects the latest edits and database.
 
-The label editor is given the same data on every rerun (the labels the file names give): Streamlit
-resets an editor whose data changes, which threw away each edit as it was typed. The edits live in the
-editor's own state; the verdicts are shown in a separate, read-only table.
+The label editor is given the same data on every rerun: Streamlit resets an editor whose data changes,
+which threw away each edit as it was typed. The edits live in the editor's own state until the uploads
+change; then they are kept by file (keep_edits) and the new editor starts from them. The verdicts are
+shown in a separate, read-only table.
 """
 
 from __future__ import annotations
