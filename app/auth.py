@@ -18,8 +18,8 @@ from functools import lru_cache
 
 import streamlit as st
 
-from app.resources import get_db, get_settings
-from app.widgets import show_error
+from raiox_dashboard.resources import get_db, get_settings
+from raiox_dashboard.widgets import show_error
 from raiox_core import sign_in
 from raiox_core.db import Database
 from raiox_core.errors import RaioxError

@@ -3,13 +3,12 @@
 Icons are Streamlit's bundled Material Symbols: emoji render as empty boxes on machines without emoji fonts.
 """
 
-from pathlib import Path
-
 import streamlit as st
 
-from app.widgets import sidebar
+from raiox_core.packaged import dashboard_pages
+from raiox_dashboard.widgets import sidebar
 
-PAGES = Path(__file__).resolve().parent.parent / "pages"
+PAGES = dashboard_pages()
 
 # The favicon alone is an emoji: Streamlit fetches a :material/...: favicon from fonts.gstatic.com, off this machine.
 st.set_page_config(page_title="Raiox: implant identification", page_icon="🦷", layout="wide")

@@ -8,7 +8,7 @@ import re
 
 import streamlit as st
 
-from app.resources import (
+from raiox_dashboard.resources import (
     cached_stats, clear_query_caches, get_db, get_model_state, get_settings, get_storage, restart_embedded_database,
 )
 from raiox_core.errors import RaioxError
@@ -77,7 +77,7 @@ def sidebar() -> bool:
 
 def missing_vectors_notice(key: str) -> None:
     """Say plainly when references lack the active model's vectors, with the command and a staff button for it."""
-    from app.auth import require_staff  # auth needs the resources module that this one imports first
+    from raiox_dashboard.auth import require_staff  # auth needs the resources module that this one imports first
 
     state = get_model_state()
     try:

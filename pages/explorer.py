@@ -14,10 +14,10 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from app.resources import (
+from raiox_dashboard.resources import (
     active_model_id, cached_embeddings, get_db, get_embedder, get_limits, get_model_state, get_settings, get_storage,
 )
-from app.widgets import md_escape, missing_vectors_notice, plot_text, show_error
+from raiox_dashboard.widgets import md_escape, missing_vectors_notice, plot_text, show_error
 from raiox_core.errors import RaioxError
 from raiox_core.evaluate import TOP_K, Evaluation, evaluate
 from raiox_core.images import prepare_image, thumbnail_png

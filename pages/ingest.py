@@ -18,9 +18,9 @@ from collections import Counter
 import pandas as pd
 import streamlit as st
 
-from app.auth import require_staff, sign_out_button
-from app.resources import clear_query_caches, get_db, get_embedder, get_limits, get_settings, get_storage
-from app.widgets import show_error
+from raiox_dashboard.auth import require_staff, sign_out_button
+from raiox_dashboard.resources import clear_query_caches, get_db, get_embedder, get_limits, get_settings, get_storage
+from raiox_dashboard.widgets import show_error
 from raiox_core.errors import NamingError, RaioxError
 from raiox_core.images import ImageLimits
 from raiox_core.ingest import (

@@ -10,8 +10,8 @@ import plotly.express as px
 import streamlit as st
 from PIL import Image
 
-from app.resources import cached_stats, get_db, get_limits, get_model_state, get_settings, get_storage
-from app.widgets import DISCLAIMER, md_escape, missing_vectors_notice, plot_text, session_memo, show_error, untrained_warning
+from raiox_dashboard.resources import cached_stats, get_db, get_limits, get_model_state, get_settings, get_storage
+from raiox_dashboard.widgets import DISCLAIMER, md_escape, missing_vectors_notice, plot_text, session_memo, show_error, untrained_warning
 from raiox_core.compare import adjust, compare
 from raiox_core.db import Filters
 from raiox_core.errors import RaioxError

@@ -12,8 +12,8 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from app.auth import require_staff, sign_out_button
-from app.resources import (
+from raiox_dashboard.auth import require_staff, sign_out_button
+from raiox_dashboard.resources import (
     active_model_id,
     cached_neighbours,
     cached_reference_count,
@@ -24,7 +24,7 @@ from app.resources import (
     get_db,
     get_storage,
 )
-from app.widgets import md_escape, pager, plot_text, show_error
+from raiox_dashboard.widgets import md_escape, pager, plot_text, show_error
 from raiox_core.catalogue import delete_reference, relabel
 from raiox_core.errors import ImageRejected, NotFound, RaioxError, StorageError
 from raiox_core.naming import MAX_DIAMETER_MM, MIN_DIAMETER_MM

@@ -9,12 +9,12 @@ import os
 import sys
 from pathlib import Path
 
+from . import packaged
 from .config import Settings
 from .errors import ImageRejected, RaioxError
 from .text import printable as shown  # every user-supplied string in human output goes through it
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
-APP_ENTRYPOINT = Path(__file__).resolve().parent.parent / "app" / "main.py"
 
 
 def _int_between(low: int, high: int):
@@ -356,10 +356,23 @@ def cmd_restore(args, s: Session) -> int:
     return EXIT_OK
 
 
-def cmd_bench(args, s: Session) -> int:
-    from bench.run import run_bench  # the benchmark suite lives beside the package, under bench/
+def _bench_runner():
+    """bench/ is a development tool beside the package in a checkout; it is not installed with Raiox."""
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "bench" / "run.py").is_file():
+        sys.path.insert(0, str(checkout))
+    elif not (Path.cwd() / "bench" / "run.py").is_file():
+        raise RaioxError("raiox bench runs from a source checkout of Raiox: clone it, `pip install -e .` "
+                         "there and run `raiox bench` in it.")
+    else:
+        sys.path.insert(0, str(Path.cwd()))
+    from bench.run import run_bench
 
-    return run_bench(s.settings, quick=args.quick, json_path=args.json)
+    return run_bench
+
+
+def cmd_bench(args, s: Session) -> int:
+    return _bench_runner()(s.settings, quick=args.quick, json_path=args.json)
 
 
 def seed_demo(s: Session) -> int:
@@ -402,15 +415,10 @@ def cmd_demo(args, s: Session) -> int:
 
 
 def cmd_app(args, s: Session) -> int:
-    # Streamlit reads .streamlit/config.toml from its working directory: start it in the repository root,
-    # with a data dir that still means the same place, and the upload limit tied to the core's.
-    if os.environ.get("RAIOX_DATA_DIR"):
-        os.environ["RAIOX_DATA_DIR"] = str(Path(os.environ["RAIOX_DATA_DIR"]).expanduser().resolve())
-    command = [sys.executable, "-m", "streamlit", "run", str(APP_ENTRYPOINT), "--server.port", str(args.port),
-               "--server.headless", "true", "--browser.gatherUsageStats", "false",
-               "--server.maxUploadSize", str(max(1, round(s.settings.max_upload_mb)))]
+    # The packaged settings go as flags (they apply from any directory); the upload limit follows the core's.
+    command = [sys.executable, "-m", "streamlit", "run", str(packaged.dashboard_script()),
+               *packaged.streamlit_flags(server_port=args.port, server_maxUploadSize=max(1, round(s.settings.max_upload_mb)))]
     print(f"Raiox dashboard on http://localhost:{args.port}", flush=True)
-    os.chdir(APP_ENTRYPOINT.parent.parent)
     os.execv(sys.executable, command)  # replaces this process: Ctrl-C and signals reach streamlit directly
 
 

@@ -20,11 +20,10 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from . import embedded_pg
+from . import embedded_pg, packaged
 from .errors import ConfigError, DatabaseUnavailable, NotFound
 from .redact import redact_url  # noqa: F401  (re-exported: db.redact_url is public)
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 _MIGRATION_LOCK = 0x5241494F  # "RAIO": serialises migrations and index creation across processes
 # Below this many candidate rows a filtered search scans exactly: pgvector 0.6 has no iterative index
 # scans, so an HNSW scan followed by a selective WHERE could return fewer than k rows.
@@ -75,17 +74,14 @@ class Filters:
 @lru_cache(maxsize=1)
 def named_queries() -> dict[str, str]:
     """`-- name: x` blocks of sql/queries.sql, by name."""
-    text = (SQL_DIR / "queries.sql").read_text()
+    text = packaged.sql_text("queries.sql")
     blocks = re.split(r"^-- name: ([\w-]+)\s*$", text, flags=re.M)
     return {name: body.strip() for name, body in zip(blocks[1::2], blocks[2::2])}
 
 
 def migrations() -> list[tuple[int, str, str]]:
     """(version, file name, SQL) of the numbered files in sql/, in order."""
-    found = []
-    for path in SQL_DIR.glob("[0-9][0-9][0-9]_*.sql"):
-        found.append((int(path.name[:3]), path.name, path.read_text()))
-    return sorted(found)
+    return [(int(name[:3]), name, packaged.sql_text(name)) for name in packaged.migration_names()]
 
 
 def _configure(conn: psycopg.Connection) -> None:

@@ -15,7 +15,7 @@ def app_env(monkeypatch, tmp_path, pg_url, db):
     """Point the app at the test database and a fresh storage dir; reset Streamlit's caches around each test."""
     import streamlit as st
 
-    from app import resources
+    from raiox_dashboard import resources
 
     monkeypatch.setenv("RAIOX_DATABASE_URL", pg_url)
     monkeypatch.setenv("RAIOX_DATA_DIR", str(tmp_path / "data"))
@@ -38,7 +38,7 @@ def app_env(monkeypatch, tmp_path, pg_url, db):
 @pytest.fixture
 def seeded(app_env, db):
     """The synthetic demo set (one image per diameter) ingested into the test database and storage."""
-    from app import resources
+    from raiox_dashboard import resources
     from raiox_core.ingest import Source, ingest
     from raiox_core.synthetic import demo_files
 

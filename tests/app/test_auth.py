@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app import auth
+from raiox_dashboard import auth
 from raiox_core import sign_in
 from tests.app.conftest import STAFF_PASSWORD, page_test
 from tests.sign_in_tools import age_failures, failures_by_client
@@ -16,7 +16,7 @@ def _gate_app():
     def script():
         import streamlit as st
 
-        from app.auth import require_staff, sign_out_button
+        from raiox_dashboard.auth import require_staff, sign_out_button
 
         if require_staff("gate"):
             st.success("staff area")
@@ -87,7 +87,7 @@ def test_failure_delay_grows_and_is_capped():
 
 
 def test_no_password_configured_disables_staff_features(app_env, monkeypatch):
-    from app import resources
+    from raiox_dashboard import resources
     from raiox_core.ingest import Source, ingest
     from raiox_core.synthetic import demo_files
 
@@ -162,7 +162,7 @@ def test_wrong_passwords_slow_down_then_lock_out_across_sessions(app_env, db, mo
 
 def test_sign_in_without_the_database_is_refused_with_a_sentence(app_env, monkeypatch, port_factory):
     """Failures cannot be counted without the database, so nobody signs in: the page says why."""
-    from app import resources
+    from raiox_dashboard import resources
 
     monkeypatch.setenv("RAIOX_DATABASE_URL", f"postgresql://raiox@127.0.0.1:{port_factory()}/raiox")
     monkeypatch.setenv("RAIOX_DB_TIMEOUT_S", "1")
@@ -177,7 +177,7 @@ def test_sign_in_without_the_database_is_refused_with_a_sentence(app_env, monkey
 
 
 def test_changed_password_signs_the_session_out(app_env, monkeypatch, delays):
-    from app import resources
+    from raiox_dashboard import resources
 
     at = _gate_app().run()
     _sign_in(at, STAFF_PASSWORD)

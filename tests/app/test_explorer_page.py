@@ -189,7 +189,7 @@ def _query_upload(at, data: bytes, name: str = "query.png"):
 
 
 def test_hostile_labels_stay_text_and_diameters_show_as_stored(app_env, db):
-    from app import resources
+    from raiox_dashboard import resources
     from raiox_core.ingest import LabelOverride, Source, ingest
     from raiox_core.synthetic import demo_files
 

@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from app import auth
+from raiox_dashboard import auth
 from raiox_core.synthetic import demo_files
 from tests.app.conftest import STAFF_PASSWORD, page_test
 
@@ -76,7 +76,7 @@ def test_wrong_password_is_refused_and_slowed(app_env, db, delays):
 
 
 def test_staff_validates_corrects_and_ingests(app_env, db, images, monkeypatch):
-    from app import resources
+    from raiox_dashboard import resources
     import raiox_core.ingest as core_ingest
 
     stages = []

@@ -28,7 +28,7 @@ def demo():
 @pytest.fixture
 def few_references(app_env, demo):
     """Three synthetic references of three manufacturers: enough for tests that need any result (~10x faster)."""
-    from app import resources
+    from raiox_dashboard import resources
     from raiox_core.ingest import Source, ingest
 
     chosen = [demo[0], demo[8], demo[-1]]  # Nobel REPLACE 3.5, Straumann BL 4.8, Zimmer TSX 4.7
@@ -52,7 +52,7 @@ def near_copy(data: bytes) -> bytes:
 
 
 def threshold(monkeypatch, value: str) -> None:
-    from app import resources
+    from raiox_dashboard import resources
 
     monkeypatch.setenv("RAIOX_MATCH_THRESHOLD", value)
     resources.get_settings.clear()

@@ -17,7 +17,7 @@ def dashboard(timeout: float = 120):
 
 
 def configure(monkeypatch, **env) -> None:
-    from app import resources
+    from raiox_dashboard import resources
 
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -69,7 +69,7 @@ def test_a_demo_fallback_says_why_the_model_is_untrained(seeded, monkeypatch, tm
 def test_staff_compute_missing_vectors_with_a_button(seeded, monkeypatch, tmp_path, db):
     import torch
 
-    from app import resources
+    from raiox_dashboard import resources
 
     checkpoint = tmp_path / "image-tower.pt"
     torch.save(resources.get_embedder().model.state_dict(), checkpoint)  # same weights, another model id

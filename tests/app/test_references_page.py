@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from app import auth
-from app.widgets import WORD_JOINER
+from raiox_dashboard import auth
+from raiox_dashboard.widgets import WORD_JOINER
 from raiox_core.db import Filters
 from raiox_core.errors import NotFound
 from tests.app.conftest import STAFF_PASSWORD, page_test
@@ -45,7 +45,7 @@ def demo() -> list[tuple[str, bytes]]:
 @pytest.fixture
 def few(app_env, db, demo) -> list[int]:
     """Three synthetic references: enough for edit/delete tests, much faster than the whole demo set."""
-    from app import resources
+    from raiox_dashboard import resources
     from raiox_core.ingest import Source, ingest
 
     report = ingest([Source.from_bytes(n, d) for n, d in demo], db=resources.get_db(), storage=resources.get_storage(),
@@ -127,7 +127,7 @@ def test_detail_shows_metadata_and_neighbours(seeded, db):
     assert meta["Manufacturer"] == "Neodent" and meta["Model"] == "HELIX"
     assert any("Synthetic image" in w.value for w in at.warning)  # marked visibly
 
-    from app import resources
+    from raiox_dashboard import resources
 
     model_id = resources.get_embedder().model_id
     expected = [r["id"] for r in db.search(db.vector(ref["id"], model_id), model_id, k=7) if r["id"] != ref["id"]][:6]
@@ -163,7 +163,7 @@ def _sign_in(at):
 
 
 def test_staff_relabels_and_deletes(few, db):
-    from app import resources
+    from raiox_dashboard import resources
 
     ref = db.get(few[0])
     storage = resources.get_storage()
@@ -208,7 +208,7 @@ def test_staff_relabels_and_deletes(few, db):
 
 
 def test_labels_are_rendered_as_text(app_env, db, demo):
-    from app import resources
+    from raiox_dashboard import resources
     from raiox_core.ingest import LabelOverride, Source, ingest
 
     name, data = demo[0]

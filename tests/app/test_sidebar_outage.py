@@ -12,7 +12,7 @@ from tests.reliability.conftest import own_pg  # noqa: F401  (a fixture: a Postg
 
 
 def test_the_sidebar_follows_a_database_outage_at_once(app_env, own_pg, monkeypatch):  # noqa: F811
-    from app import resources
+    from raiox_dashboard import resources
 
     configure(monkeypatch, RAIOX_DATABASE_URL=own_pg.url, RAIOX_DB_TIMEOUT_S="2")
     resources.get_db.clear()
@@ -63,7 +63,7 @@ def test_the_dashboard_starts_its_embedded_database_again(app_env, monkeypatch):
     import shutil
     import tempfile
 
-    from app import resources
+    from raiox_dashboard import resources
     from raiox_core import embedded_pg
 
     data_dir = Path(tempfile.mkdtemp(prefix="raiox-test-restart-"))  # not pytest's: postgres runs as another user

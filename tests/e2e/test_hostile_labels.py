@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import expect
 
-from app.widgets import WORD_JOINER
+from raiox_dashboard.widgets import WORD_JOINER
 from raiox_core.synthetic import demo_files
 from tests.e2e.test_browser import browser, serve_dashboard, wait_idle  # noqa: F401  (browser: one Chromium)
 

@@ -26,7 +26,7 @@ def corpus_uploads(corpus) -> list[tuple[str, bytes, bool]]:
 
 
 def test_match_page_answers_or_refuses_every_hostile_upload(app_env, db, corpus):  # noqa: F811
-    from app import resources
+    from raiox_dashboard import resources
 
     references = [Source.from_bytes(n, d) for n, d in labelled_pngs(4, start=800)]
     ingest(references, db=resources.get_db(), storage=resources.get_storage(), embedder=resources.get_embedder())
@@ -52,7 +52,7 @@ def test_match_page_answers_or_refuses_every_hostile_upload(app_env, db, corpus)
 
 
 def test_ingest_page_validates_and_ingests_a_hostile_batch(app_env, db, corpus):  # noqa: F811
-    from app import resources
+    from raiox_dashboard import resources
 
     at = page_test("ingest").run()
     at.text_input(key="ingest_password").input(STAFF_PASSWORD)

@@ -167,7 +167,7 @@ def test_attackers_waiting_out_their_failures_do_not_hold_up_a_real_sign_in(db, 
     """
     import threading
 
-    from app import auth
+    from raiox_dashboard import auth
 
     attackers = 6
     waiting, release = threading.Semaphore(0), threading.Event()
@@ -205,7 +205,7 @@ def test_attackers_waiting_out_their_failures_do_not_hold_up_a_real_sign_in(db, 
 
 
 def test_sign_in_attempts_never_reach_the_database(db, monkeypatch):
-    from app import auth
+    from raiox_dashboard import auth
     from tests.reliability.conftest import all_text_in_database
 
     guess = "my-Guess-8Tq"
