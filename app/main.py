@@ -5,9 +5,11 @@ Icons are Streamlit's bundled Material Symbols: emoji render as empty boxes on m
 
 import streamlit as st
 
+from raiox_core import process
 from raiox_core.packaged import dashboard_pages
 from raiox_dashboard.widgets import sidebar
 
+process.configure()  # once per process: numba's cache before the explorer imports umap, log masking, malloc
 PAGES = dashboard_pages()
 
 # The favicon alone is an emoji: Streamlit fetches a :material/...: favicon from fonts.gstatic.com, off this machine.

@@ -115,12 +115,12 @@ def clear_query_caches() -> None:
 
 @st.cache_data(ttl=60, show_spinner=False, max_entries=256)
 def cached_reference_list(manufacturer: str | None, model: str | None, diameter_min: float | None,
-                          diameter_max: float | None, text: str | None, limit: int, offset: int) -> list[dict]:
+                          diameter_max: float | None, text: str | None, limit: int, offset: int):
     """One page of references matching the filters (plain arguments, so Streamlit can hash them)."""
     from raiox_core.db import Filters
+    from raiox_core.references import listing
 
-    filters = Filters(manufacturer, model, diameter_min, diameter_max, text)
-    return get_db().list(filters, limit=limit, offset=offset)
+    return listing(get_db(), Filters(manufacturer, model, diameter_min, diameter_max, text), limit=limit, offset=offset)
 
 
 @st.cache_data(ttl=60, show_spinner=False, max_entries=256)
@@ -136,17 +136,15 @@ def cached_thumbnail(object_key: str, side: int = 160) -> bytes:
     """A small PNG of a stored image; keys are content hashes, so a key's thumbnail never goes stale."""
     from raiox_core.images import thumbnail_png
 
-    return thumbnail_png(get_storage().get(object_key), side)
+    return thumbnail_png(get_storage().get(object_key), get_limits(), side)
 
 
 @st.cache_data(ttl=60, show_spinner=False, max_entries=256)
-def cached_neighbours(reference_id: int, model_id: str, k: int = 6) -> list[dict] | None:
-    """The k references nearest to one reference by its stored vector (itself excluded); None: no vector."""
-    vector = get_db().vector(reference_id, model_id)
-    if vector is None:
-        return None
-    found = get_db().search(vector, model_id, k=k + 1)
-    return [row for row in found if row["id"] != reference_id][:k]
+def cached_neighbours(reference_id: int, model_id: str, k: int = 6):
+    """references.neighbours of one reference, shared by every session for a minute."""
+    from raiox_core.references import neighbours
+
+    return neighbours(get_db(), reference_id, model_id, k)
 
 
 @st.cache_data(ttl=60, show_spinner="Loading the reference vectors…", max_entries=2)
@@ -159,10 +157,8 @@ def cached_embeddings(model_id: str):
     import numpy as np
     import pandas as pd
 
-    from raiox_core.projection import as_vector
-
     rows = get_db().embeddings(model_id)
     columns = ["id", "manufacturer", "model", "diameter_mm", "source_filename", "object_key", "source"]
     labels = pd.DataFrame([{c: r[c] for c in columns} for r in rows], columns=columns)
-    vectors = np.stack([as_vector(r["embedding"]) for r in rows]) if rows else np.empty((0, 0), np.float32)
+    vectors = np.stack([r["embedding"] for r in rows]) if rows else np.empty((0, 0), np.float32)
     return labels, vectors

@@ -84,7 +84,7 @@ def missing_vectors_notice(key: str) -> None:
         stats = cached_stats()
     except RaioxError:
         return  # the sidebar says the database is unreachable
-    missing = stats["references"] - stats["models"].get(state.model_id, 0)
+    missing = stats["references"] - stats["embedding_models"].get(state.model_id, 0)
     if missing <= 0:
         return
     if not state.usable:  # nothing can be computed, and `raiox reembed` would fail the same way
@@ -101,7 +101,7 @@ def missing_vectors_notice(key: str) -> None:
 
 
 def _reembed(embedder) -> None:
-    from raiox_core.catalogue import reembed
+    from raiox_core.references import reembed
 
     bar = st.progress(0.0, text="Computing vectors…")
     try:

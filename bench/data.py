@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from decimal import Decimal
 
 import numpy as np
 
@@ -64,7 +65,7 @@ class Labels:
             maker = MANUFACTURERS[self.manufacturer[i]]
             model = f"M{self.model[i] % MODELS_PER_MANUFACTURER + 1}"
             sha = f"{ref_id:064x}"
-            yield (ref_id, maker, model, float(self.diameter[i]), f"bench_{ref_id}.png", sha,
+            yield (ref_id, maker, model, Decimal(f"{self.diameter[i]:.2f}"), f"bench_{ref_id}.png", sha,
                    f"referencia/{sha}.png")
 
 

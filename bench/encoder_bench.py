@@ -1,6 +1,6 @@
 """(d) Encoder efficiency: achieved GFLOP/s of the image tower against this machine's dense fp32 matmul.
 
-Variants tried: batch size, thread count, channels-last, torch's int8 dynamic quantisation of the Linear
+Variants measured: batch size, thread count, channels-last, torch's int8 dynamic quantisation of the Linear
 layers, and raiox_core.quantise's per-token int8 (each int8 variant with its cosine to fp32 and whether
 batching changes its vectors). A variant is only worth adopting when it is faster AND its vectors stay
 within cosine 0.999 of fp32 AND batching does not change them (tests/core/test_embedder.py holds the

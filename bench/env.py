@@ -117,7 +117,7 @@ class BenchEnv:
         with self.db.connection() as conn, conn.cursor() as cur:
             with cur.copy("COPY reference_implants (id, manufacturer, model, diameter_mm, source_filename, sha256,"
                           " object_key, width, height, source) FROM STDIN WITH (FORMAT BINARY)") as copy:
-                copy.set_types(["int8", "text", "text", "float4", "text", "text", "text", "int4", "int4", "text"])  # text: bpchar's wire format
+                copy.set_types(["int8", "text", "text", "numeric", "text", "text", "text", "int4", "int4", "text"])  # text: bpchar's wire format
                 for row in labels.rows(start_id):
                     copy.write_row((*row, 512, 512, "synthetic"))
             cur.execute("SELECT setval(pg_get_serial_sequence('reference_implants', 'id'),"

@@ -20,14 +20,18 @@ def main(model_id: str, cache_dir: str) -> dict:
     import numpy as np
     import plotly.express as px
 
+    from raiox_core import process
     from raiox_core.db import Database
-    from raiox_core.projection import ProjectionParams, cached_projection, projection_frame
+    from raiox_core.projection import ProjectionParams, projection_frame
+    from raiox_core.projection_cache import cached_projection
+
+    process.configure()  # as the dashboard does at start-up; an empty NUMBA_CACHE_DIR given makes a cold start
 
     imported = time.perf_counter()
     db = Database(os.environ["RAIOX_DATABASE_URL"], description="bench", max_size=2)
     rows = db.embeddings(model_id)
     ids = [r["id"] for r in rows]
-    vectors = np.stack([np.asarray(r["embedding"].to_numpy(), dtype=np.float32) for r in rows])
+    vectors = np.stack([r["embedding"] for r in rows])
     fetched = time.perf_counter()
     projection = cached_projection(cache_dir, model_id, ids=ids, vectors=vectors, params=ProjectionParams())
     projected = time.perf_counter()

@@ -1,4 +1,4 @@
-"""(a) Ingestion throughput: the real pipeline against the old one-image-at-a-time way, same images, same run."""
+"""(a) Ingestion throughput: the real pipeline against a one-image-at-a-time baseline, same images, same run."""
 
 from __future__ import annotations
 
@@ -11,16 +11,17 @@ from contextlib import nullcontext
 from raiox_core.images import ImageLimits, prepare_image
 from raiox_core.ingest import Source, ingest
 from raiox_core.naming import resolve_labels
-from raiox_core.storage import reference_key
+from raiox_core.references import NewReference, add
 
 from .env import BenchEnv
 
 
 def _old_way(files, env: BenchEnv, storage, fp32: bool = True) -> int:
-    """As the old system did it: decode, one model call, one INSERT and one commit per image, in turn.
+    """The baseline of target a2 ("old" in the report): decode, one model call, one INSERT and one commit
+    per image, in turn.
 
-    fp32 (the old system's encoder) by default; fp32=False keeps the current encoder, which separates
-    what batching and overlap bring from what the int8 encoder brings.
+    fp32 by default, the baseline's encoder; fp32=False keeps the current encoder, which separates what
+    batching and overlap bring from what the int8 encoder brings.
     """
     embedder = env.embedder
     with embedder.fp32() if fp32 else nullcontext():
@@ -33,12 +34,9 @@ def _one_at_a_time(files, env: BenchEnv, storage) -> int:
     for name, data in files:
         image = prepare_image(data, ImageLimits())
         vector = embedder.encode_one(image.image)
-        labels = resolve_labels(name)
-        row = {"manufacturer": labels.manufacturer, "model": labels.model, "diameter_mm": labels.diameter_mm,
-               "source_filename": name, "sha256": image.sha256, "object_key": reference_key(image.sha256),
-               "width": image.width, "height": image.height, "source": "synthetic"}
-        with env.db.inserting(row, vector, embedder.model_id):
-            storage.put(row["object_key"], image.png)
+        new = NewReference.of_image(image, resolve_labels(name), source_filename=name, source="synthetic",
+                                    vectors={embedder.model_id: vector})
+        add(env.db, storage, new)
         stored += 1
     return stored
 
@@ -50,7 +48,7 @@ def _pipeline(files, env: BenchEnv, storage, batch_size: int, per_call: int | No
     ingested = 0
     for start in range(0, len(sources), step):
         report = ingest(sources[start : start + step], db=env.db, storage=storage, embedder=env.embedder,
-                        source="synthetic", batch_size=batch_size)
+                        source="synthetic", batch_size=batch_size, limits=ImageLimits())
         if report.rejected:
             raise RuntimeError(f"bench ingestion rejected files: {report.rejected[0].reason}")
         ingested += len(report.ingested)
@@ -72,7 +70,7 @@ def _run(label: str, fn, files, env: BenchEnv, **kwargs) -> dict:
 
 
 def _paired_rounds(files, env: BenchEnv, batch_size: int, rounds: int) -> list[dict]:
-    """The old way and the pipeline back to back, `rounds` times.
+    """The one-at-a-time baseline and the pipeline back to back, `rounds` times.
 
     This VM's speed drifts by 10-15% within minutes (bench/README.md), so a speed-up taken from two runs
     minutes apart measures the drift as much as the code; each pair here ran on the same machine state.
@@ -91,10 +89,10 @@ def _median_run(runs: list[dict]) -> dict:
 
 
 def run(env: BenchEnv, files: list[tuple[str, bytes]], batch_sizes: tuple[int, ...], rounds: int = 1) -> dict:
-    """Images/s of the old way, of batching without overlap, and of the pipeline at each batch size.
+    """Images/s of the one-at-a-time baseline, of batching without overlap, and of the pipeline at each batch size.
 
     The headline figures are what users get, ingest() at its default batch size, and its speed-up over
-    the old way: medians over `rounds` back-to-back pairs.
+    the baseline: medians over `rounds` back-to-back pairs.
     """
     out: dict = {"images": len(files), "storage": "local", "database": "embedded PostgreSQL (pgserver)",
                  "encoder": env.embedder.precision}

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
-from raiox_core.images import prepare_image
-from raiox_core.match import VOTE_POOL, match_bytes, vote, Neighbour
+from raiox_core.images import ImageLimits, prepare_image
+from raiox_core.match import VOTE_POOL, match_bytes, vote
+from raiox_core.references import Neighbour
 
 from .env import BenchEnv
 from .references import ReferenceSets
@@ -19,13 +20,13 @@ def _stages(env: BenchEnv, embedder, queries: list[bytes], threshold: float) -> 
     times: dict[str, list[float]] = {"prepare": [], "embed": [], "search": [], "vote_and_log": []}
     for data in queries:
         t0 = time.perf_counter()
-        image = prepare_image(data)
+        image = prepare_image(data, limits=ImageLimits())
         t1 = time.perf_counter()
         vector = embedder.encode_one(image.image)
         t2 = time.perf_counter()
         rows = env.db.search(vector, embedder.model_id, k=VOTE_POOL)
         t3 = time.perf_counter()
-        neighbours = [Neighbour(**{f: r[f] for f in Neighbour.__dataclass_fields__}) for r in rows]
+        neighbours = [Neighbour.from_row(r) for r in rows]
         makers, _ = vote(neighbours)
         env.db.log_match(query_sha256=image.sha256, model_id=embedder.model_id, k=3, filters={}, results=[],
                          confidence=makers[0].probability, confident=makers[0].probability >= threshold)
@@ -44,11 +45,11 @@ def run(env: BenchEnv, sets: ReferenceSets, query_files: list[bytes], n_queries:
         embedder = env.model_view(sets.model_ids[key])
         queries = [query_files[i % len(query_files)] for i in range(n_queries)]
         for data in queries[:WARMUP]:
-            match_bytes(data, db=env.db, embedder=embedder, threshold=threshold)
+            match_bytes(data, db=env.db, embedder=embedder, threshold=threshold, limits=ImageLimits())
         seconds = []
         for data in queries:
             start = time.perf_counter()
-            result = match_bytes(data, db=env.db, embedder=embedder, threshold=threshold)
+            result = match_bytes(data, db=env.db, embedder=embedder, threshold=threshold, limits=ImageLimits())
             seconds.append(time.perf_counter() - start)
             if len(result.matches) != 3:
                 raise RuntimeError(f"match returned {len(result.matches)} neighbours, not 3")

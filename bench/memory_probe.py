@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from raiox_core.images import ImageLimits
+
 
 def _status_kb(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -46,12 +48,12 @@ def main(query_dir: str, matches: int) -> dict:
     queries = sorted(Path(query_dir).glob("*.png"))
     for i in range(matches):
         match_bytes(queries[i % len(queries)].read_bytes(), db=db, embedder=embedder,
-                    threshold=settings.match_threshold)
+                    threshold=settings.match_threshold, limits=ImageLimits())
     db.stats()
     db.list(limit=100)
     _mark(marks, "after_matches")
     rows = db.embeddings(embedder.model_id)  # the explorer's data: every reference with its vector
-    matrix = np.stack([np.asarray(r["embedding"].to_numpy(), dtype=np.float32) for r in rows])
+    matrix = np.stack([r["embedding"] for r in rows])
     _mark(marks, "explorer_matrix")
     del rows
     db.close()

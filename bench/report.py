@@ -123,7 +123,7 @@ def markdown(report: dict) -> str:
 
 
 def _run_cells(run: dict) -> str:
-    """images/s, seconds and page faults of one ingestion run (reports before faults were counted show -)."""
+    """images/s, seconds and page faults of one ingestion run (a run without a page-fault count shows -)."""
     return f"{run['images_per_s']} | {run['seconds']} | {run.get('page_faults_per_image', '-')} |"
 
 

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from raiox_core.config import Settings
+from raiox_core.images import ImageLimits
 
 from . import data, report as reporting
 from .machine import database_facts, describe_machine, library_versions
@@ -25,11 +26,17 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 log = logging.getLogger(__name__)
 
 
+def result_files(machine_slug: str) -> tuple[Path, Path]:
+    """The machine's report files: a full run replaces that machine's previous one, so bench/results/ holds
+    the latest run per machine (the run's date is inside the report; older runs are in git history)."""
+    return RESULTS_DIR / f"{machine_slug}.json", RESULTS_DIR / f"{machine_slug}.md"
+
+
 @dataclass(frozen=True)
 class BenchSizes:
     ingest_images: int
     ingest_batch_sizes: tuple[int, ...]
-    ingest_rounds: int  # back-to-back pairs of the old way and the pipeline
+    ingest_rounds: int  # back-to-back pairs of the one-at-a-time baseline and the pipeline
     n_small: int
     n_large: int
     match_queries: int
@@ -128,9 +135,8 @@ def run_bench(settings: Settings, quick: bool = False, json_path: str | None = N
     json_file = Path(json_path) if json_path else None
     md_file = None
     if not quick:
-        stem = f"{started:%Y-%m-%d}-{report['machine']['slug']}"
-        reporting.write(report, RESULTS_DIR / f"{stem}.json", RESULTS_DIR / f"{stem}.md")
-        md_file = RESULTS_DIR / f"{stem}.md"
+        json_result, md_file = result_files(report["machine"]["slug"])
+        reporting.write(report, json_result, md_file)
     reporting.write(report, json_file, None)
     print(reporting.markdown(report))
     if md_file:
@@ -150,4 +156,4 @@ def _load_note(before: float) -> str:
 def _decoded(png: bytes):
     from raiox_core.images import prepare_image
 
-    return prepare_image(png).image
+    return prepare_image(png, limits=ImageLimits()).image

@@ -17,11 +17,12 @@ import streamlit as st
 from raiox_dashboard.resources import (
     active_model_id, cached_embeddings, get_db, get_embedder, get_limits, get_model_state, get_settings, get_storage,
 )
-from raiox_dashboard.widgets import md_escape, missing_vectors_notice, plot_text, show_error
+from raiox_dashboard.widgets import md_escape, missing_vectors_notice, plot_text, session_memo, show_error
 from raiox_core.errors import RaioxError
 from raiox_core.evaluate import TOP_K, Evaluation, evaluate
 from raiox_core.images import prepare_image, thumbnail_png
-from raiox_core.projection import METRICS, ProjectionParams, cached_projection, projection_frame, vectors_digest
+from raiox_core.projection import METRICS, ProjectionParams, projection_frame
+from raiox_core.projection_cache import cached_projection, vectors_digest
 
 MIN_REFERENCES = 5
 MAX_SHOWN = 12  # thumbnails shown for a box/lasso selection
@@ -61,17 +62,25 @@ class _Progress:
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def _thumbnail(object_key: str) -> bytes:
-    return thumbnail_png(get_storage().get(object_key), side=200)
+    return thumbnail_png(get_storage().get(object_key), side=200, limits=get_limits())
 
 
-@st.cache_data(max_entries=16, show_spinner="Embedding the X-ray…")
-def _embed_query(data: bytes, model_id: str) -> tuple[np.ndarray, bytes]:
-    """(unit vector, thumbnail) of an uploaded image; model_id is part of the cache key."""
-    prepared = prepare_image(data, get_limits())
-    embedder = get_embedder()
-    if embedder.model_id != model_id:
-        raise RaioxError(f"The loaded model is {embedder.model_id}, but the map shows {model_id}; reload the page.")
-    return embedder.encode_one(prepared.image), thumbnail_png(prepared.png, side=200)
+def _embed_query(upload, model_id: str) -> tuple[np.ndarray, bytes]:
+    """(unit vector, thumbnail) of an uploaded X-ray, once per upload and model in this browser session.
+
+    A session memo, not st.cache_data: that cache is shared by every user of the server, and an uploaded
+    X-ray and what is derived from it stay with the session that sent it.
+    """
+    def compute() -> tuple[np.ndarray, bytes]:
+        with st.spinner("Embedding the X-ray…"):
+            prepared = prepare_image(upload.getvalue(), get_limits())
+            embedder = get_embedder()
+            if embedder.model_id != model_id:
+                raise RaioxError(f"The loaded model is {embedder.model_id}, but the map shows {model_id}; "
+                                 "reload the page.")
+            return embedder.encode_one(prepared.image), thumbnail_png(prepared.png, side=200, limits=get_limits())
+
+    return session_memo("explorer_query_embedding", (upload.file_id, model_id), compute)
 
 
 @st.cache_data(max_entries=4, show_spinner="Evaluating the clusters (leave-one-out)…")
@@ -212,9 +221,11 @@ with side_col:
                               help="Projected onto the existing map (no refit); its nearest references are ringed.")
     k = st.slider("Neighbours to ring", 1, 20, 5, key="explorer_k")
     query_xy, neighbour_ids = None, []
-    if upload is not None:
+    if upload is None:
+        st.session_state.pop("explorer_query_embedding", None)  # removing the file forgets what came of it
+    else:
         try:
-            query_vector, query_thumb = _embed_query(upload.getvalue(), model_id)
+            query_vector, query_thumb = _embed_query(upload, model_id)
             neighbours = get_db().search(query_vector, model_id, k=k)
             with st.spinner("Placing the X-ray on the map…"):
                 query_xy = projection.transform(query_vector)[0]
@@ -227,7 +238,7 @@ with side_col:
 with map_col:
     event = st.plotly_chart(_figure(df, dims, query_xy, neighbour_ids), width="stretch", key="explorer_map",
                             on_select="rerun", selection_mode=("points", "box", "lasso"))
-    if neighbour_ids:  # under the map, not in the narrow side column, which cut the similarity off
+    if neighbour_ids:  # under the map, not in the narrow side column, which would cut the similarity off
         st.markdown("**Nearest references of the X-ray**")
         st.dataframe(
             pd.DataFrame([{"reference": f"{n['manufacturer']} {n['model']}", "mm": f"{n['diameter_mm']:g}",

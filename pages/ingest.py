@@ -5,7 +5,7 @@ duplicates are re-judged on every rerun by the core's Planner (the rule ingestio
 validation always reflects the latest edits and database.
 
 The label editor is given the same data on every rerun: Streamlit resets an editor whose data changes,
-which threw away each edit as it was typed. The edits live in the editor's own state until the uploads
+which would throw away each edit as it is typed. The edits live in the editor's own state until the uploads
 change; then they are kept by file (keep_edits) and the new editor starts from them. The verdicts are
 shown in a separate, read-only table.
 """
@@ -202,8 +202,8 @@ if sources:
             "file": st.column_config.TextColumn("File", width=COLUMN_PX["file"]),
             "manufacturer": st.column_config.TextColumn("Manufacturer", max_chars=100, width=COLUMN_PX["manufacturer"]),
             "model": st.column_config.TextColumn("Model", max_chars=100, width=COLUMN_PX["model"]),
-            # Steps of 0.01, as stored: a step of 0.1 rounded what the table showed (3.75 as 3.70). No
-            # printf format: "%g" is not one the grid knows, and it blanked the cells.
+            # Steps of 0.01, as stored: a step of 0.1 rounds what the table shows (3.75 as 3.70). No
+            # printf format: "%g" is not one the grid knows, and it blanks the cells.
             "diameter_mm": st.column_config.NumberColumn("Diameter (mm)", min_value=MIN_DIAMETER_MM,
                                                          max_value=MAX_DIAMETER_MM, step=0.01,
                                                          width=COLUMN_PX["diameter_mm"]),

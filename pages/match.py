@@ -29,7 +29,7 @@ def reference_png(object_key: str) -> bytes:
 
 @st.cache_data(max_entries=1024, show_spinner=False)
 def reference_thumbnail(object_key: str) -> bytes:
-    return thumbnail_png(reference_png(object_key), side=200)
+    return thumbnail_png(reference_png(object_key), side=200, limits=get_limits())
 
 
 def vote_chart(shares, title: str, threshold: float | None = None):
@@ -113,7 +113,7 @@ with controls:
 
 try:
     # The adjusted query is cheap to redo from the normalised 512 px image.
-    query = adjust(original, quarter + fine, (xs[0] / 100, ys[0] / 100, xs[1] / 100, ys[1] / 100))
+    query = adjust(original, quarter + fine, (xs[0] / 100, ys[0] / 100, xs[1] / 100, ys[1] / 100), limits=get_limits())
 except RaioxError as exc:
     show_error(exc)
     st.stop()

@@ -25,7 +25,8 @@ from raiox_dashboard.resources import (
     get_storage,
 )
 from raiox_dashboard.widgets import md_escape, pager, plot_text, show_error
-from raiox_core.catalogue import delete_reference, relabel
+from raiox_core import references
+from raiox_core.references import Neighbour, Reference, delete_reference, relabel
 from raiox_core.errors import ImageRejected, NotFound, RaioxError, StorageError
 from raiox_core.naming import MAX_DIAMETER_MM, MIN_DIAMETER_MM
 
@@ -39,8 +40,8 @@ RESET_FORM = "ref_reset_form"  # session key: the reference whose relabel form s
 MAX_ID = 2**63 - 1  # ids are PostgreSQL bigints
 
 
-def _label(row: dict) -> str:
-    return f"{row['manufacturer']} {row['model']} {row['diameter_mm']:g} mm"
+def _label(row: Reference | Neighbour) -> str:
+    return f"{row.manufacturer} {row.model} {row.diameter_mm:g} mm"
 
 
 def _selected() -> int | None:
@@ -120,10 +121,10 @@ def gallery(query: dict, total: int) -> None:
     for start in range(0, len(rows), COLUMNS):
         for col, row in zip(st.columns(COLUMNS), rows[start : start + COLUMNS]):
             with col:
-                _thumbnail(row["object_key"])
-                synthetic = " · synthetic" if row["source"] == "synthetic" else ""
-                st.caption(f"\\#{row['id']} {md_escape(_label(row))}{synthetic}")
-                st.button("Details", key=f"ref_show_{row['id']}", on_click=_select, args=(row["id"],))
+                _thumbnail(row.object_key)
+                synthetic = " · synthetic" if row.source == "synthetic" else ""
+                st.caption(f"\\#{row.id} {md_escape(_label(row))}{synthetic}")
+                st.button("Details", key=f"ref_show_{row.id}", on_click=_select, args=(row.id,))
 
 
 def neighbours(reference_id: int) -> None:
@@ -138,18 +139,18 @@ def neighbours(reference_id: int) -> None:
         return
     for col, row in zip(st.columns(NEIGHBOURS), found):
         with col:
-            _thumbnail(row["object_key"])
-            st.caption(f"\\#{row['id']} {md_escape(_label(row))} · similarity {row['similarity']:.3f}")
-            st.button("Show", key=f"ref_neighbour_{row['id']}", on_click=_select, args=(row["id"],))
+            _thumbnail(row.object_key)
+            st.caption(f"\\#{row.id} {md_escape(_label(row))} · similarity {row.similarity:.3f}")
+            st.button("Show", key=f"ref_neighbour_{row.id}", on_click=_select, args=(row.id,))
 
 
-def staff_actions(row: dict) -> None:
+def staff_actions(row: Reference) -> None:
     st.markdown("**Edit or delete** (staff)")
     if not require_staff("references"):
         return
     sign_out_button("references")
-    ref_id = row["id"]
-    stored = {"manufacturer": row["manufacturer"], "model": row["model"], "diameter": float(row["diameter_mm"])}
+    ref_id = row.id
+    stored = {"manufacturer": row.manufacturer, "model": row.model, "diameter": float(row.diameter_mm)}
     reset = st.session_state.pop(RESET_FORM, None) == ref_id
     for field, value in stored.items():
         # Assigned, not popped: a browser keeps showing a widget's last value unless the server sets a new
@@ -188,40 +189,40 @@ def staff_actions(row: dict) -> None:
 
 def detail(reference_id: int) -> None:
     try:
-        row = get_db().get(reference_id)
+        row = references.get(get_db(), reference_id)
     except NotFound as exc:
         st.warning(str(exc))
         _select(None)
         return
     with st.container(border=True):
         head, close = st.columns([5, 1])
-        head.subheader(f"Reference #{row['id']}")
+        head.subheader(f"Reference #{row.id}")
         close.button("Close", key="ref_close", on_click=_select, args=(None,))
         image_col, meta_col = st.columns([1, 1])
         with image_col:
             try:
-                st.image(get_storage().get(row["object_key"]))
+                st.image(get_storage().get(row.object_key))
             except StorageError as exc:
                 show_error(exc)
         with meta_col:
-            if row["source"] == "synthetic":
+            if row.source == "synthetic":
                 st.warning("Synthetic image: generated for demos and tests, not a real radiograph.", icon=":material/science:")
             st.text(_label(row))
             meta = {
-                "Manufacturer": row["manufacturer"],
-                "Model": row["model"],
-                "Diameter": f"{row['diameter_mm']:g} mm",
-                "File name": row["source_filename"],
-                "Original size": f"{row['width']} x {row['height']} px",
-                "Source": row["source"],
-                "Added": row["created_at"].strftime("%Y-%m-%d %H:%M:%S %Z").strip(),
+                "Manufacturer": row.manufacturer,
+                "Model": row.model,
+                "Diameter": f"{row.diameter_mm:g} mm",
+                "File name": row.source_filename,
+                "Original size": f"{row.width} x {row.height} px",
+                "Source": row.source,
+                "Added": row.created_at.strftime("%Y-%m-%d %H:%M:%S %Z").strip(),
             }
             st.dataframe(pd.DataFrame({"Field": list(meta), "Value": [str(v) for v in meta.values()]}),
                          hide_index=True)
             # Not a table cell, which cuts 64 hex digits off: a wrapped code block shows it whole, with a copy button.
             st.caption("SHA-256 of the normalised image")
-            st.code(row["sha256"], language=None, wrap_lines=True)
-        neighbours(row["id"])
+            st.code(row.sha256, language=None, wrap_lines=True)
+        neighbours(row.id)
         st.divider()
         staff_actions(row)
 

@@ -8,9 +8,9 @@ Archive layout (format "raiox-backup", version 1), readable with any zip tool, j
   images/<sha256>.png  the stored, normalised image
 No pg_dump and no database ids: restore works into the embedded or an external PostgreSQL, any storage,
 and assigns new ids. Restore checks the whole archive first (every member inflated only as far as it can
-legitimately be, every image against its sha256), then follows ingestion's rules: per reference, the row
-and all its vectors are committed only after its image is stored; references already present are
-skipped (their image is put back if it was lost), so running it again changes nothing.
+legitimately be, every image against its sha256), then adds the references in bulk through
+references.add_many: rows and vectors are committed only after their images are stored; references
+already present are skipped (their image is put back if it was lost), so running it again changes nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 import math
 import re
 import zipfile
@@ -31,14 +30,14 @@ import numpy as np
 from PIL import Image
 from psycopg.rows import dict_row
 
-from .catalogue import remove_unreferenced, restore_missing_image
-from .db import Database, DuplicateReference, Filters, named_queries
-from .errors import DatabaseUnavailable, RaioxError, StorageError
+from .db import Database, Filters, named_queries
+from .errors import BackupError, StorageError
 from .files import atomic_file
 from .images import NORMALISED_SIDE, _encode_png, _pixel_hash  # the exact hash and clean encoding ingestion uses
+from .naming import Labels
+from .references import BULK_ROWS, NewReference, add_many, restore_missing_image
 from .storage import REFERENCE_PREFIX, Storage, reference_key
 
-log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]  # (done, total, stage)
 
 FORMAT, VERSION = "raiox-backup", 1
@@ -57,16 +56,8 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TEXT_FIELDS = ("manufacturer", "model", "source_filename", "source")
 
 
-class BackupError(RaioxError):
-    """An archive cannot be written, or is not a readable Raiox backup; the message says why."""
-
-
 def _image_member(sha256: str) -> str:
     return f"images/{sha256}.png"
-
-
-def _vector(value) -> np.ndarray:
-    return np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value, dtype=np.float32)
 
 
 # -- backup ---------------------------------------------------------------------------------------
@@ -121,7 +112,7 @@ def backup(db: Database, storage: Storage, path: Path, progress: Progress | None
                 if not rows:
                     continue
                 number = len(models)
-                matrix = np.stack([_vector(r["embedding"]) for r in rows])
+                matrix = np.stack([r["embedding"] for r in rows])
                 refs = np.array([line_of[r["id"]] for r in rows], dtype=np.int32)
                 entry = {"model_id": model_id, "dim": int(matrix.shape[1]), "count": len(rows),
                          "vectors": f"vectors/{number:03d}.npy", "refs": f"vectors/{number:03d}.refs.npy"}
@@ -194,8 +185,9 @@ def restore(db: Database, storage: Storage, path: Path, progress: Progress | Non
 
     The whole archive is checked before anything is written: manifest, records, vectors, every member's
     zip checksum and every image against its sha256, each member inflated only as far as it can
-    legitimately be. Then each reference is restored all or nothing; a failure (storage or database
-    down) stops the restore with a one-sentence error, and running it again resumes where it stopped.
+    legitimately be. Then references are restored in bulk transactions (COPY), each all or nothing; a
+    failure (storage or database down) stops the restore with a one-sentence error, and running it
+    again resumes where it stopped.
     """
     path = Path(path)
     with _open_archive(path) as archive:
@@ -207,9 +199,10 @@ def restore(db: Database, storage: Storage, path: Path, progress: Progress | Non
             if progress:
                 progress(done, total, "checking")
         stored = None  # the keys in storage, listed once if some reference is present already
-        for start in range(0, total, 256):
-            chunk = references[start : start + 256]
+        for start in range(0, total, BULK_ROWS):
+            chunk = references[start : start + BULK_ROWS]
             known = db.existing([r["sha256"] for r in chunk])
+            new = []
             for number, record in enumerate(chunk, start):
                 sha = record["sha256"]
                 if sha in known:
@@ -217,41 +210,23 @@ def restore(db: Database, storage: Storage, path: Path, progress: Progress | Non
                     stored = set(storage.list_keys(REFERENCE_PREFIX)) if stored is None else stored
                     if reference_key(sha) not in stored:  # lost its image: the archive's copy puts it back
                         repaired += restore_missing_image(db, storage, sha, _image(archive, sha, name))
-                elif _restore_one(db, storage, record, vectors[number], _image(archive, sha, name)):
-                    restored += 1
                 else:
-                    skipped += 1  # restored meanwhile by someone else
+                    new.append(_new_reference(record, vectors[number], _image(archive, sha, name)))
+            added = len(add_many(db, storage, new))  # one bulk transaction, all or nothing
+            restored, skipped = restored + added, skipped + len(new) - added  # the rest restored meanwhile
             if progress:
                 progress(start + len(chunk), total, "restoring" if start + len(chunk) < total else "done")
     return {"restored": restored, "skipped": skipped, "images_restored": repaired}
 
 
+def _new_reference(record: dict, vectors: dict[str, np.ndarray], png: bytes) -> NewReference:
+    return NewReference(Labels(record["manufacturer"], record["model"], record["diameter_mm"]), record["sha256"],
+                        record["width"], record["height"], png, record["source_filename"], record["source"], vectors)
+
+
 def _image(archive: zipfile.ZipFile, sha256: str, name: str, encode: bool = True) -> bytes:
     member = _image_member(sha256)
     return _verified_png(_member(archive, member, MAX_IMAGE_BYTES, name), sha256, name, encode)
-
-
-def _restore_one(db: Database, storage: Storage, record: dict, vectors: dict[str, np.ndarray], png: bytes) -> bool:
-    """Row + vectors + image of one reference, all or nothing (ingestion's rule); False if already present."""
-    key = reference_key(record["sha256"])
-    row = {f: record[f] for f in ("manufacturer", "model", "diameter_mm", "source_filename", "sha256", "width",
-                                  "height", "source")} | {"object_key": key}
-    (model_id, vector), *more = vectors.items()
-    stored = False
-    try:
-        with db.inserting(row, vector, model_id, dict(more)):
-            storage.put(key, png)
-            stored = True
-    except DuplicateReference:
-        return False
-    except BaseException:
-        if stored:  # the commit failed after the image was written: take it back, unless a row has it after all
-            try:
-                remove_unreferenced(db, storage, key)
-            except (StorageError, DatabaseUnavailable):
-                log.error("Could not remove %s after a failed commit; `raiox doctor --repair` will.", key)
-        raise
-    return True
 
 
 @contextlib.contextmanager

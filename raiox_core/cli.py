@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import packaged
+from . import packaged, process
 from .config import Settings
 from .errors import ImageRejected, RaioxError
 from .text import printable as shown  # every user-supplied string in human output goes through it
@@ -201,33 +201,35 @@ def _print_match(result) -> None:
 
 def cmd_list(args, s: Session) -> int:
     from .db import Filters
+    from .references import listing
 
-    rows = s.db.list(Filters(manufacturer=args.manufacturer), limit=args.limit)
+    found = listing(s.db, Filters(manufacturer=args.manufacturer), limit=args.limit)
     if args.json:
-        keys = ("id", "manufacturer", "model", "diameter_mm", "source_filename", "sha256", "source")
-        print(json.dumps([{k: r[k] for k in keys} | {"created_at": r["created_at"].isoformat()} for r in rows], indent=2, ensure_ascii=False))
+        print(json.dumps([r.to_json() for r in found], indent=2, ensure_ascii=False))
     else:
-        for r in rows:
-            print(f"#{r['id']:<6} {shown(r['manufacturer']):<16} {shown(r['model']):<10} {r['diameter_mm']:>4g} mm  "
-                  f"{r['source']:<9} {shown(r['source_filename'])}")
+        for r in found:
+            print(f"#{r.id:<6} {shown(r.manufacturer):<16} {shown(r.model):<10} {r.diameter_mm:>4g} mm  "
+                  f"{r.source:<9} {shown(r.source_filename)}")
     return EXIT_OK
 
 
 def cmd_stats(args, s: Session) -> int:
     stats = s.db.stats()
     if args.json:
-        print(json.dumps({k: stats[k] for k in ("references", "by_manufacturer", "models")}, indent=2, ensure_ascii=False))
+        shape = {k: stats[k] for k in ("references", "by_manufacturer", "embedding_models")}
+        shape["models"] = stats["embedding_models"]  # the same, under its name before 0.2; goes in 0.3
+        print(json.dumps(shape, indent=2, ensure_ascii=False))
     else:
         print(f"{stats['references']} references")
         for name, n in stats["by_manufacturer"].items():
             print(f"  {shown(name)}: {n}")
-        for model_id, n in stats["models"].items():
+        for model_id, n in stats["embedding_models"].items():
             print(f"  vectors {shown(model_id)}: {n}")
     return EXIT_OK
 
 
 def cmd_delete(args, s: Session) -> int:
-    from .catalogue import delete_reference
+    from .references import delete_reference
     from .errors import NotFound
 
     status = EXIT_OK
@@ -263,7 +265,7 @@ def cmd_doctor(args, s: Session) -> int:
     check("model", lambda: f"{s.embedder.model_id} on {s.embedder.device}, {_precision(s.embedder)}"
                            + ("" if s.embedder.trained else " (UNTRAINED)"))
     if checks[0][1]:
-        check("vectors", lambda: ", ".join(f"{m}: {n}" for m, n in s.db.stats()["models"].items()) or "none yet")
+        check("vectors", lambda: ", ".join(f"{m}: {n}" for m, n in s.db.stats()["embedding_models"].items()) or "none yet")
         check("indexes", lambda: _index_check(s.db, repair=args.repair))
         if checks[1][1]:
             check("images", lambda: _images_check(s.db, s.storage))
@@ -280,7 +282,7 @@ def _ids(ids: list[int], shown: int = 20) -> str:
 
 def _images_check(db, storage) -> str:
     """References whose stored image is missing: a failure naming them, since no repair can invent the image."""
-    from .catalogue import find_missing_images
+    from .references import find_missing_images
 
     missing = find_missing_images(db, storage)
     if not missing:
@@ -292,7 +294,7 @@ def _images_check(db, storage) -> str:
 
 def _orphans_check(db, storage, repair: bool) -> str:
     """Stored images without a reference: counted, or removed with --repair; young ones are left alone."""
-    from .catalogue import ORPHAN_GRACE_S, remove_orphans, scan_orphans
+    from .references import ORPHAN_GRACE_S, remove_orphans, scan_orphans
 
     # Never grace 0: an image stored but not yet committed by a running ingestion looks like an orphan.
     old, young = scan_orphans(db, storage)
@@ -325,7 +327,7 @@ def _index_check(db, repair: bool) -> str:
 
 
 def cmd_reembed(args, s: Session) -> int:
-    from .catalogue import reembed
+    from .references import reembed
 
     s.settings = s.settings.with_(model=args.model or s.settings.model, pretrained=args.pretrained or s.settings.pretrained)
     added = reembed(s.db, s.storage, s.embedder, progress=lambda d, t: _progress(d, t, "embedding"))
@@ -449,6 +451,7 @@ def _log_errors_only() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # exits 2 on usage errors
     _log_errors_only()
+    process.configure()  # numba's cache before anything (the bench's probes, the dashboard) imports umap
     session = None
     try:
         session = Session(Settings.from_env())

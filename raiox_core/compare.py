@@ -28,7 +28,8 @@ def adjust(
     prepared: PreparedImage,
     rotate_deg: float = 0.0,
     crop_box: tuple[float, float, float, float] = FULL_FRAME,
-    limits: ImageLimits = ImageLimits(),
+    *,
+    limits: ImageLimits,
 ) -> PreparedImage:
     """Rotate (clockwise, degrees) then crop a prepared query, and normalise the result again.
 
@@ -70,7 +71,7 @@ def compare(query: Image.Image, reference: Image.Image) -> Comparison:
     window = min(SSIM_WINDOW, *a.shape)
     window -= 1 - window % 2  # odd, as scikit-image requires
     if window < 3:
-        raise ValueError(f"Images of {q.width}x{q.height} pixels are too small to compare.")
+        raise ImageRejected(f"Images of {q.width}x{q.height} pixels are too small to compare.")
     ssim = float(structural_similarity(a, b, data_range=255, win_size=window))
     diff = np.abs(a.astype(np.int16) - b.astype(np.int16)).astype(np.uint8)
     return Comparison(ssim=ssim, diff=diff)

@@ -14,22 +14,24 @@ from typing import Any, Iterator
 import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
+from pgvector.psycopg.vector import VectorBinaryLoader, VectorLoader
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+from psycopg.types.numeric import FloatLoader
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from . import embedded_pg, packaged
-from .errors import ConfigError, DatabaseUnavailable, NotFound
+from .errors import ConfigError, DatabaseUnavailable, DuplicateReference, InvalidInput, NotFound
 from .redact import redact_url  # noqa: F401  (re-exported: db.redact_url is public)
 
 _MIGRATION_LOCK = 0x5241494F  # "RAIO": serialises migrations and index creation across processes
 # Below this many candidate rows a filtered search scans exactly: pgvector 0.6 has no iterative index
 # scans, so an HNSW scan followed by a selective WHERE could return fewer than k rows.
 EXACT_SEARCH_MAX_ROWS = 20_000
-# ef_construction 128 (the old system's index had 64): on 100k clustered vectors recall@10 at ef_search 40 /
-# 100 rose from 0.95 / 0.97 to 0.98 / 0.996 for a 1.6x longer build; m = 32 gained no more per ms of search.
+# ef_construction 128, not pgvector's default 64: on 100k clustered vectors recall@10 at ef_search 40 / 100
+# is 0.98 / 0.996 against 0.95 / 0.97 at 64, for a 1.6x longer build; m = 32 gains no more per ms of search.
 # ef_search 100 costs ~2 ms more per search than 40, where a match spends ~70 ms in the encoder
 # (bench/README.md, "HNSW parameters").
 HNSW_M, HNSW_EF_CONSTRUCTION, DEFAULT_EF_SEARCH = 16, 128, 100
@@ -44,14 +46,6 @@ PGVECTOR_HNSW_DEFAULTS = {"m": 16, "ef_construction": 64}  # what an index built
 
 def _index_name(model_id: str) -> str:
     return "embeddings_hnsw_" + hashlib.sha256(model_id.encode()).hexdigest()[:16]
-
-
-class DuplicateReference(Exception):
-    """An image with the same content hash is already a reference (possibly added concurrently)."""
-
-    def __init__(self, reference_id: int):
-        super().__init__(f"Already stored as reference {reference_id}.")
-        self.reference_id = reference_id
 
 
 @dataclass(frozen=True)
@@ -73,10 +67,16 @@ class Filters:
 
 @lru_cache(maxsize=1)
 def named_queries() -> dict[str, str]:
-    """`-- name: x` blocks of sql/queries.sql, by name."""
+    """`-- name: x` blocks of sql/queries.sql, by name, with the shared filters put in where they are named."""
     text = packaged.sql_text("queries.sql")
     blocks = re.split(r"^-- name: ([\w-]+)\s*$", text, flags=re.M)
-    return {name: body.strip() for name, body in zip(blocks[1::2], blocks[2::2])}
+    queries = {name: body.strip() for name, body in zip(blocks[1::2], blocks[2::2])}
+    filters = "(" + _without_comments(queries.pop("reference-filters")) + ")"
+    return {name: body.replace("/* reference-filters */", filters) for name, body in queries.items()}
+
+
+def _without_comments(body: str) -> str:
+    return "\n".join(line for line in body.splitlines() if not line.lstrip().startswith("--"))
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -84,8 +84,23 @@ def migrations() -> list[tuple[int, str, str]]:
     return [(int(name[:3]), name, packaged.sql_text(name)) for name in packaged.migration_names()]
 
 
+class _VectorAsArray(VectorBinaryLoader):
+    """pgvector values as native float32 arrays, the type every caller computes with."""
+
+    def load(self, data) -> np.ndarray:
+        return super().load(data).to_numpy().astype(np.float32)
+
+
+class _VectorTextAsArray(VectorLoader):
+    def load(self, data) -> np.ndarray:
+        return super().load(data).to_numpy().astype(np.float32)
+
+
 def _configure(conn: psycopg.Connection) -> None:
     register_vector(conn)
+    conn.adapters.register_loader("vector", _VectorTextAsArray)
+    conn.adapters.register_loader("vector", _VectorAsArray)
+    conn.adapters.register_loader("numeric", FloatLoader)  # diameters: numeric(4,2) 3.75 -> float 3.75
 
 
 def migrate(url: str, timeout_s: float = 10.0) -> list[str]:
@@ -124,7 +139,9 @@ class Database:
             min_size=1,
             max_size=max_size,
             timeout=timeout_s,
-            kwargs={"connect_timeout": max(1, int(timeout_s)), "autocommit": False},
+            # Never prepared: a prepared statement may get a generic plan, which keeps the NULL filters of
+            # sql/queries.sql and cannot match a model's partial index; unprepared ones are planned per call.
+            kwargs={"connect_timeout": max(1, int(timeout_s)), "autocommit": False, "prepare_threshold": None},
             configure=_configure,
             check=self._check_connection,  # drops dead connections so we recover after an outage
             # The pool's background reconnection backs off exponentially (up to minutes after a long outage);
@@ -261,32 +278,64 @@ class Database:
         return {r["sha256"]: r["id"] for r in self.query("existing-shas", {"shas": list(shas)})}
 
     @contextmanager
-    def inserting(self, reference: dict, vector: np.ndarray, model_id: str,
-                  more_vectors: dict[str, np.ndarray] | None = None) -> Iterator[int]:
-        """Insert a reference and its vector, yield its id, commit when the caller's block succeeds.
+    def inserting(self, reference: dict, vectors: dict[str, np.ndarray]) -> Iterator[int]:
+        """Insert a reference and its vectors (embedding model -> vector), yield its id, commit when the
+        caller's block succeeds.
 
         The caller stores the image inside the block, so a storage failure rolls the row back, and a
         concurrent insert of the same image waits on the image's lock and then raises DuplicateReference.
         The lock (see `image_lock`) is held until the commit, so a delete of the same image's stored object
         happens either before the block (and the block stores it again) or after the commit (and sees the row).
-        `more_vectors` (model_id -> vector, used by restore) go into the same transaction.
         """
-        vectors = {model_id: vector, **(more_vectors or {})}
-        for mid, v in vectors.items():
-            self.ensure_model_index(mid, len(v))
+        for model_id, v in vectors.items():
+            self.ensure_model_index(model_id, len(v))
         try:
             with self.connection() as conn:
                 conn.execute(named_queries()["lock-image"], {"sha256": reference["sha256"]})
                 (ref_id,) = conn.execute(named_queries()["insert-reference"], reference).fetchone()
-                for mid, v in vectors.items():
-                    conn.execute(
-                        named_queries()["upsert-embedding"],
-                        {"reference_id": ref_id, "model_id": mid, "dim": len(v), "embedding": v},
-                    )
+                conn.cursor().executemany(named_queries()["upsert-embedding"], [
+                    {"reference_id": ref_id, "model_id": model_id, "dim": len(v), "embedding": v}
+                    for model_id, v in vectors.items()])
                 yield ref_id
         except psycopg.errors.UniqueViolation:
             found = self.existing([reference["sha256"]])
             raise DuplicateReference(found.get(reference["sha256"], -1)) from None
+
+    def insert_many(self, references: list[dict], vectors: list[dict[str, np.ndarray]]) -> dict[str, int]:
+        """Insert references and their vectors in one transaction, rows and vectors each with one binary
+        COPY; returns sha256 -> id of those inserted (an image already a reference is skipped).
+
+        The images' locks are taken first, in hash order (two bulk inserts never wait on each other in a
+        cycle), so that a concurrent delete or restore of one of these images does not interleave.
+        """
+        for model_id, dim in {(m, len(v)) for vs in vectors for m, v in vs.items()}:
+            self.ensure_model_index(model_id, dim)
+        queries = named_queries()
+        columns = ("manufacturer", "model", "diameter_mm", "source_filename", "sha256", "object_key", "width",
+                   "height", "source")
+        with self.connection() as conn:
+            cur = conn.cursor()
+            for sha in sorted(r["sha256"] for r in references):
+                cur.execute(queries["lock-image"], {"sha256": sha})
+            cur.execute(queries["create-incoming-references"])
+            with cur.copy(queries["copy-incoming-references"]) as copy:
+                copy.set_types(["text", "text", "float8", "text", "text", "text", "int4", "int4", "text"])
+                for r in references:
+                    copy.write_row([r[c] for c in columns])
+            inserted = dict(cur.execute(queries["insert-incoming-references"]).fetchall())
+            self._copy_vectors(cur, [(inserted[r["sha256"]], model_id, v) for r, vs in zip(references, vectors)
+                                     if r["sha256"] in inserted for model_id, v in vs.items()])
+        return inserted
+
+    def _copy_vectors(self, cur: psycopg.Cursor, rows: list[tuple[int, str, np.ndarray]]) -> None:
+        """Upsert (reference id, embedding model, vector) rows through a binary COPY into a temporary table."""
+        queries = named_queries()
+        cur.execute(queries["create-incoming-vectors"])
+        with cur.copy(queries["copy-incoming-vectors"]) as copy:
+            copy.set_types(["int8", "text", "vector"])
+            for row in rows:
+                copy.write_row(row)
+        cur.execute(queries["upsert-incoming-vectors"])
 
     @contextmanager
     def image_lock(self, sha256: str) -> Iterator[int | None]:
@@ -306,15 +355,13 @@ class Database:
         return self.query("reference-images")
 
     def add_embeddings(self, model_id: str, vectors: dict[int, np.ndarray]) -> None:
-        """Store (or replace) one model's vectors for existing references."""
+        """Store (or replace) one embedding model's vectors for existing references, with one binary COPY;
+        vectors of references deleted meanwhile are dropped."""
         if not vectors:
             return
         self.ensure_model_index(model_id, len(next(iter(vectors.values()))))
         with self.connection() as conn:
-            conn.cursor().executemany(
-                named_queries()["upsert-embedding"],
-                [{"reference_id": i, "model_id": model_id, "dim": len(v), "embedding": v} for i, v in vectors.items()],
-            )
+            self._copy_vectors(conn.cursor(), [(i, model_id, v) for i, v in vectors.items()])
 
     def get(self, reference_id: int) -> dict:
         rows = self.query("get-reference", {"id": reference_id})
@@ -329,28 +376,23 @@ class Database:
         """(manufacturers, manufacturer + model pairs), each counted up to 2, among the references a search of
         this model would see: a vote over only one of them is decided before the search.
 
-        From the least and the greatest label, which the (manufacturer, model) index gives in a few probes
-        whatever the table's size or order, instead of counting distinct labels over every reference.
+        From the least and the greatest label (sql/queries.sql, label-bound).
         """
-        searched = [sql.SQL("EXISTS (SELECT 1 FROM embeddings e WHERE e.reference_id = r.id AND e.model_id = %(model_id)s)")]
-        searched += [sql.SQL(_FILTER_SQL[key]) for key in filters.active()]
-        params = {**filters.active(), "model_id": model_id}
-        # Each bound as ORDER BY ... LIMIT 1 (min() and max() over this join would read every row).
-        # The order names both columns, so that the (manufacturer, model) index serves it, filtered or not.
-        bounds = sql.SQL("SELECT (SELECT {col} FROM reference_implants r WHERE {where}"
-                         " ORDER BY r.manufacturer, r.model LIMIT 1),"
-                         " (SELECT {col} FROM reference_implants r WHERE {where}"
-                         " ORDER BY r.manufacturer DESC, r.model DESC LIMIT 1)")
+        params = {**filters.params(), "model_id": model_id, "only": None}
+
+        def bounds(conn, column: str) -> tuple:
+            return tuple(conn.execute(sql.SQL(named_queries()["label-bound"]).format(
+                column=sql.Identifier(column), order=sql.SQL(order)), params).fetchone() or (None,)
+                for order in ("ASC", "DESC"))
+
         with self.connection() as conn:
-            least, greatest = conn.execute(bounds.format(col=sql.SQL("r.manufacturer"),
-                                                         where=sql.SQL(" AND ").join(searched)), params).fetchone()
+            (least,), (greatest,) = bounds(conn, "manufacturer")
             if least is None:
                 return 0, 0
             if least != greatest:
                 return 2, 2  # two manufacturers: two labels as well
-            one = [*searched, sql.SQL("r.manufacturer = %(only)s")]
-            least, greatest = conn.execute(bounds.format(col=sql.SQL("r.model"), where=sql.SQL(" AND ").join(one)),
-                                           {**params, "only": least}).fetchone()
+            params["only"] = least
+            (least,), (greatest,) = bounds(conn, "model")
         return 1, 1 if least == greatest else 2
 
     def count(self, filters: Filters = Filters()) -> int:
@@ -378,7 +420,7 @@ class Database:
             "references": sum(by_manufacturer.values()),
             "by_manufacturer": by_manufacturer,
             "by_label": [(r["manufacturer"], r["model"], r["count"]) for r in self.query("count-by-label")],
-            "models": {r["model_id"]: r["count"] for r in self.query("count-by-model-id")},
+            "embedding_models": {r["model_id"]: r["count"] for r in self.query("count-by-model-id")},
         }
 
     def missing_embeddings(self, model_id: str) -> list[dict]:
@@ -392,7 +434,6 @@ class Database:
         """
         with self.connection() as conn:
             cur = conn.cursor(row_factory=dict_row, binary=True)
-            cur.adapters.register_loader("float4", _Float4AsText)
             cur.execute(named_queries()["embeddings-for-model"], {"model_id": model_id})
             return cur.fetchall()
 
@@ -401,8 +442,7 @@ class Database:
         rows = self.query("reference-vector", {"id": reference_id, "model_id": model_id})
         if not rows:
             return None
-        value = rows[0]["embedding"]  # a pgvector Vector: the column has no fixed dimension
-        return np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value, dtype=np.float32)
+        return rows[0]["embedding"]
 
     # -- search -------------------------------------------------------------------------------------
 
@@ -413,17 +453,9 @@ class Database:
         `ef_search` overrides the HNSW candidate list size (recall against speed; the benchmark measures
         it); `exact` forces a full scan (ground truth for recall, and evaluation).
         """
-        dim = len(vector)
+        query = sql.SQL(named_queries()["search"]).format(dim=sql.Literal(len(vector)), model_id=sql.Literal(model_id))
+        params = {**filters.params(), "q": np.asarray(vector, dtype=np.float32), "k": k}
         active = filters.active()
-        where = [sql.SQL("e.model_id = {}").format(sql.Literal(model_id))]
-        where += [sql.SQL(_FILTER_SQL[key]) for key in active]
-        query = sql.SQL(
-            "SELECT r.id, r.manufacturer, r.model, r.diameter_mm, r.source_filename, r.object_key, r.source,"
-            " 1 - (e.embedding::vector({dim}) <=> %(q)s::vector({dim})) AS similarity"
-            " FROM embeddings e JOIN reference_implants r ON r.id = e.reference_id"
-            " WHERE {where} ORDER BY e.embedding::vector({dim}) <=> %(q)s::vector({dim}) LIMIT %(k)s"
-        ).format(dim=sql.Literal(dim), where=sql.SQL(" AND ").join(where))
-        params = {**active, "q": np.asarray(vector, dtype=np.float32), "k": k}
         exact = exact or bool(active) and self.count(filters) <= EXACT_SEARCH_MAX_ROWS
         with self.connection() as conn:
             if exact:
@@ -448,7 +480,7 @@ class Database:
 
     def set_feedback(self, log_id: int, feedback: str, feedback_label: str | None = None) -> None:
         if feedback not in ("correct", "wrong"):
-            raise ValueError("feedback is 'correct' or 'wrong'")
+            raise InvalidInput(f"Feedback is 'correct' or 'wrong', not {feedback!r}.")
         if not self.query("set-feedback", {"id": log_id, "feedback": feedback, "feedback_label": feedback_label}):
             raise NotFound(f"There is no match with id {log_id}.")
 
@@ -462,24 +494,6 @@ class Database:
         with self.connection() as conn:
             row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
         return row[0] if row else "not installed"
-
-
-class _Float4AsText(psycopg.adapt.Loader):
-    """Binary real -> the float its text form gives (4.1, not 4.099999904632568), as a text fetch would."""
-
-    format = psycopg.pq.Format.BINARY
-
-    def load(self, data) -> float:
-        return float(str(np.frombuffer(bytes(data), dtype=">f4")[0]))  # numpy prints the shortest round-trip form
-
-
-_FILTER_SQL = {
-    "manufacturer": "r.manufacturer = %(manufacturer)s",
-    "model": "r.model = %(model)s",
-    "diameter_min": "r.diameter_mm >= %(diameter_min)s",
-    "diameter_max": "r.diameter_mm <= %(diameter_max)s",
-    "text": "r.manufacturer || ' ' || r.model || ' ' || r.source_filename ILIKE '%%' || %(text)s || '%%'",
-}
 
 
 def open_database(settings) -> Database:

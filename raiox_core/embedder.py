@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 import socket
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -14,7 +15,6 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from .allocator import keep_freed_memory
 from .errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class Embedder:
     device: str
     trained: bool
     int8: object = field(default=None, repr=False)  # quantise.Int8Tower when it passed the probe check
-    int8_min_cosine: float | None = None  # worst probe cosine int8 vs fp32, when int8 was tried
+    int8_min_cosine: float | None = None  # worst probe cosine int8 vs fp32, when int8 was checked
 
     @property
     def precision(self) -> str:
@@ -250,7 +250,7 @@ def load_embedder(model: str = "ViT-B-32", pretrained: str = "laion2b_s34b_b79k"
                                           device=device)
         if from_file:
             _load_image_checkpoint(clip, path)
-    except (RuntimeError, OSError, ValueError, KeyError) as exc:
+    except (RuntimeError, OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as exc:  # a bad file too
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelLoadError(f"Could not load {model} weights from {pretrained}: {first}") from None
     _drop_text_tower(clip)
@@ -263,8 +263,6 @@ def load_embedder(model: str = "ViT-B-32", pretrained: str = "laion2b_s34b_b79k"
     if not trained:
         log.warning("Raiox is using UNTRAINED %s weights: matches are not meaningful.", model)
     embedder = Embedder(clip, model_id_for(model, pretrained), dim, size, mean, std, device, trained)
-    if device == "cpu":
-        keep_freed_memory()
     if precision == "auto":
         _try_int8(embedder)
     return embedder

@@ -31,3 +31,27 @@ class ModelLoadError(RaioxError):
 
 class NotFound(RaioxError):
     """A reference with the given id does not exist."""
+
+
+class InvalidInput(RaioxError):
+    """An argument of a public function is out of its range or of the wrong kind."""
+
+
+class DuplicateReference(RaioxError):
+    """An image with the same content hash is already a reference (possibly added concurrently)."""
+
+    def __init__(self, reference_id: int):
+        super().__init__(f"Already stored as reference {reference_id}.")
+        self.reference_id = reference_id
+
+
+class BackupError(RaioxError):
+    """An archive cannot be written, or is not a readable Raiox backup; the message says why."""
+
+
+class TooFewReferences(RaioxError):
+    """Not enough reference vectors to build a map or an evaluation."""
+
+
+class ReducerMissing(RaioxError):
+    """A map loaded from the cache cannot place new points: its reducer file is gone or unreadable."""

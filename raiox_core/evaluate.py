@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .projection import TooFewReferences, as_vector
+from .errors import InvalidInput, TooFewReferences
 
 TOP_K = 5
 CHUNK_BYTES = 128 * 1024 * 1024
@@ -121,7 +121,7 @@ def evaluate(
     if n < 2:
         raise TooFewReferences("Evaluation needs at least 2 references.")
     if len(manufacturers) != n or len(models) != n:
-        raise ValueError("vectors, manufacturers and models must have the same length")
+        raise InvalidInput("The vectors, manufacturers and models given must have the same length.")
     ids_arr = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
     manufacturers = np.asarray(manufacturers, dtype=object).astype(str)
     labels = np.array([f"{m} {mo}" for m, mo in zip(manufacturers, models)], dtype=object)
@@ -228,6 +228,6 @@ def evaluate_rows(rows: Sequence[dict], **kwargs) -> Evaluation:
     """`evaluate` over rows as returned by Database.embeddings (id, manufacturer, model, embedding)."""
     if len(rows) < 2:
         raise TooFewReferences("Evaluation needs at least 2 references.")
-    vectors = np.stack([as_vector(r["embedding"]) for r in rows])
+    vectors = np.stack([r["embedding"] for r in rows])
     return evaluate(vectors, [r["manufacturer"] for r in rows], [r["model"] for r in rows], [r["id"] for r in rows],
                     **kwargs)

@@ -7,13 +7,10 @@ Normalisation is deterministic (same pixels in, same PNG and hash out) and keeps
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
-import logging
 import re
 import struct
-import warnings
 import zlib
 from dataclasses import dataclass
 from functools import cached_property
@@ -129,7 +126,7 @@ def _describe_non_image(data: bytes) -> str | None:
     return None
 
 
-def prepare_image(data: bytes, limits: ImageLimits = ImageLimits(), size: int | None = None) -> PreparedImage:
+def prepare_image(data: bytes, limits: ImageLimits, size: int | None = None) -> PreparedImage:
     """Validate, decode and normalise raw file bytes; raise ImageRejected with a one-sentence reason.
 
     Order matters: the byte size is checked first, then the format is sniffed, then the dimensions
@@ -207,7 +204,6 @@ def _decode_dicom(data: bytes, limits: ImageLimits) -> tuple[Image.Image, int, i
     """First frame as a float image, after modality LUT, VOI LUT/windowing and MONOCHROME1 inversion."""
     import pydicom
 
-    _quiet_pydicom()
 
     try:
         from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
@@ -255,15 +251,6 @@ def _integers_when_exact(arr: np.ndarray) -> np.ndarray:
     if shifted.max() > 0xFFFF:
         return arr
     return shifted.astype(np.uint8 if shifted.max() <= 0xFF else np.uint16)
-
-
-@functools.cache
-def _quiet_pydicom() -> None:
-    """Keep pydicom's warnings and logged tracebacks about a broken file from the user's terminal or page:
-    our one-sentence refusal says it. Set once, process-wide (a per-call warnings context is not
-    thread-safe); pydicom's own logger keeps its handlers for anyone who turns on pydicom.config.debug()."""
-    logging.getLogger("pydicom").propagate = False
-    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
 
 
 def normalise(image: Image.Image) -> Image.Image:
@@ -418,14 +405,14 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def thumbnail_png(png: bytes, side: int = 160) -> bytes:
+def thumbnail_png(png: bytes, limits: ImageLimits, side: int = 160) -> bytes:
     """A small PNG of a stored image for galleries and hover previews.
 
     The image is scaled down (never up) to fit `side` x `side`, keeping its aspect ratio.
     """
     try:
         with Image.open(io.BytesIO(png), formats=["PNG"]) as img:
-            if img.width * img.height > ImageLimits().max_pixels:
+            if img.width * img.height > limits.max_pixels:
                 raise ImageRejected("The stored image is too large to preview.")
             img.load()
             if img.mode not in ("L", "RGB", "RGBA"):

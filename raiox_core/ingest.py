@@ -7,7 +7,6 @@ the image is stored, and an image stored for a transaction that then fails is re
 from __future__ import annotations
 
 import io
-import logging
 import os
 import re
 import stat
@@ -19,15 +18,14 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Callable, Iterable
 
-from .catalogue import remove_unreferenced, restore_missing_image
-from .db import Database, DuplicateReference
+from . import references
+from .db import Database
 from .embedder import Embedder
-from .errors import DatabaseUnavailable, ImageRejected, NamingError, StorageError
+from .errors import DatabaseUnavailable, DuplicateReference, ImageRejected, NamingError, StorageError
 from .images import ImageLimits, PreparedImage, prepare_image
 from .naming import Labels, resolve_labels
-from .storage import Storage, reference_key
+from .storage import Storage
 
-log = logging.getLogger(__name__)
 MAX_NAME_CHARS = 255
 Progress = Callable[[int, int, str], None]  # (done, total, stage)
 _SURROGATES = re.compile("[\ud800-\udfff]")
@@ -286,38 +284,13 @@ def plan(sources: list[Source], images: list[tuple[str | None, str | None]], kno
 
 
 def _store_one(candidate: _Candidate, vector, *, db: Database, storage: Storage, model_id: str, source: str) -> None:
-    """Insert + store + commit for one image; on any failure nothing of it remains."""
-    image, labels = candidate.image, candidate.labels
-    key = reference_key(image.sha256)
-    row = {
-        "manufacturer": labels.manufacturer, "model": labels.model, "diameter_mm": labels.diameter_mm,
-        "source_filename": candidate.filename,
-        "sha256": image.sha256, "object_key": key, "width": image.width, "height": image.height, "source": source,
-    }
-    stored = False
+    """One image, all or nothing (references.add); a copy added meanwhile makes it a duplicate."""
+    new = references.NewReference.of_image(candidate.image, candidate.labels, source_filename=candidate.filename,
+                                           source=source, vectors={model_id: vector})
     try:
-        with db.inserting(row, vector, model_id) as ref_id:
-            storage.put(key, image.png)
-            stored = True
-        candidate.report.id = ref_id
+        candidate.report.id = references.add(db, storage, new)
     except DuplicateReference as dup:
         candidate.report.status, candidate.report.id = "duplicate", dup.reference_id
-    except BaseException:
-        if stored:  # the commit failed after the object was written: take the object back
-            _take_back(db, storage, key)
-        raise
-
-
-def _take_back(db: Database, storage: Storage, key: str) -> None:
-    """Remove an object whose commit failed, unless the commit landed after all (its reply was lost).
-
-    When the database cannot tell, the object stays: an orphan is swept later (`raiox doctor --repair`,
-    or reused by the next ingestion of the image), a row without its image would be lost data.
-    """
-    try:
-        remove_unreferenced(db, storage, key)  # under the image's lock: a concurrent copy's row keeps it
-    except (StorageError, DatabaseUnavailable):
-        log.error("Could not remove %s after a failed commit; `raiox doctor --repair` will.", key)
 
 
 @dataclass
@@ -388,7 +361,7 @@ def _write_batch(batch: _Batch, vectors, *, db: Database, storage: Storage, mode
             failure = f"Not attempted after an earlier failure: {exc}"
     for candidate in batch.known:  # a reference whose stored image was lost gets this identical copy
         try:
-            if not failure and restore_missing_image(db, storage, candidate.image.sha256, candidate.image.png):
+            if not failure and references.restore_missing_image(db, storage, candidate.image.sha256, candidate.image.png):
                 candidate.report.reason = "Its stored image was missing and has been restored from this file."
         except (StorageError, DatabaseUnavailable) as exc:  # still a duplicate; only the check failed
             candidate.report.reason = f"Whether its stored image is intact could not be checked: {exc}"
@@ -404,7 +377,7 @@ def ingest(
     db: Database,
     storage: Storage,
     embedder: Embedder,
-    limits: ImageLimits = ImageLimits(),
+    limits: ImageLimits,
     source: str = "upload",
     batch_size: int = 16,
     progress: Progress | None = None,

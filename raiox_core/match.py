@@ -4,53 +4,23 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from .db import Database, Filters
 from .embedder import Embedder
 from .errors import NotFound
 from .images import ImageLimits, PreparedImage, prepare_image
 from .naming import canonical_manufacturer
+from .references import Neighbour, Reference
 
 VOTE_POOL = 10  # the vote looks at this many neighbours even when fewer are shown, so k=1 is not 100% sure
 VOTE_TEMPERATURE = 0.05  # softmax temperature over cosine similarities, as CLIP's logit scale of 100 would be 0.01
 
 
 @dataclass
-class Neighbour:
-    id: int
-    manufacturer: str
-    model: str
-    diameter_mm: float
-    similarity: float
-    source_filename: str
-    object_key: str
-    source: str
-
-    @property
-    def label(self) -> str:
-        return f"{self.manufacturer} {self.model}"
-
-
-@dataclass
 class Share:
     label: str
     probability: float
-
-
-@dataclass(frozen=True)
-class ExactReference:
-    """The reference whose normalised pixels are identical to the query's (same SHA-256)."""
-
-    id: int
-    manufacturer: str
-    model: str
-    diameter_mm: float
-    source_filename: str
-
-    @property
-    def label(self) -> str:
-        return f"{self.manufacturer} {self.model}"
 
 
 @dataclass
@@ -73,7 +43,7 @@ class MatchResult:
     confident: bool
     confidence_of: str | None = "manufacturer"
     restricted_to: str | None = None  # the manufacturer the search was restricted to
-    exact: ExactReference | None = None
+    exact: Reference | None = None  # the stored reference whose normalised pixels are the query's (same SHA-256)
     threshold: float = 0.0  # the confidence needed for a confident answer
     query: PreparedImage | None = field(default=None, repr=False)
     log_id: int | None = None
@@ -131,7 +101,8 @@ class MatchResult:
             "confidence_of": self.confidence_of,
             "threshold": self.threshold,
             "restricted_to": self.restricted_to,
-            "exact_reference": None if self.exact is None else asdict(self.exact),
+            "exact_reference": None if self.exact is None else {
+                f: getattr(self.exact, f) for f in ("id", "manufacturer", "model", "diameter_mm", "source_filename")},
             "matches": [
                 {"id": m.id, "manufacturer": m.manufacturer, "model": m.model, "diameter_mm": m.diameter_mm,
                  "similarity": round(m.similarity, 4), "source_filename": m.source_filename}
@@ -195,12 +166,9 @@ def resolve_manufacturer(db: Database, name: str | None) -> str | None:
     raise NotFound(f"No reference has the manufacturer {name.strip()[:80]!r}; the manufacturers are: {shown}.")
 
 
-def _exact_reference(db: Database, sha256: str) -> ExactReference | None:
+def _exact_reference(db: Database, sha256: str) -> Reference | None:
     found = db.existing([sha256])
-    if not found:
-        return None
-    row = db.get(found[sha256])
-    return ExactReference(**{f: row[f] for f in ExactReference.__dataclass_fields__})
+    return Reference.from_row(db.get(found[sha256])) if found else None
 
 
 def match_image(
@@ -221,7 +189,7 @@ def match_image(
     """
     vector = embedder.encode_one(image.image)
     rows = db.search(vector, embedder.model_id, k=max(k, VOTE_POOL), filters=filters)
-    neighbours = [Neighbour(**{f: r[f] for f in Neighbour.__dataclass_fields__}) for r in rows]
+    neighbours = [Neighbour.from_row(r) for r in rows]
     manufacturers, models = vote(neighbours[:VOTE_POOL])  # the same vote whatever k
     basis, confidence = confidence_for(db.label_variety(embedder.model_id, filters), manufacturers, models)
     confident = basis is not None and bool(neighbours) and confidence >= threshold
@@ -242,6 +210,6 @@ def match_image(
     return result
 
 
-def match_bytes(data: bytes, *, limits: ImageLimits = ImageLimits(), file: str = "", **kwargs) -> MatchResult:
+def match_bytes(data: bytes, *, limits: ImageLimits, file: str = "", **kwargs) -> MatchResult:
     """prepare_image + match_image; ImageRejected propagates with its one-sentence reason."""
     return match_image(prepare_image(data, limits), file=file, **kwargs)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import logging
 import os
 import re
 import tempfile
@@ -16,7 +15,7 @@ from typing import Iterator, Protocol
 from urllib.parse import unquote, urlsplit
 
 from .errors import ConfigError, StorageError
-from .redact import redact_url, redact_urls_in
+from .redact import redact_url
 
 REFERENCE_PREFIX = "referencia/"
 # S3's bucket rules, with the upper case and underscores of legacy us-east-1 names; never ":" or "@",
@@ -207,32 +206,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class _MaskSessionTokens(logging.Filter):
-    """botocore logs each signed request at DEBUG, temporary credentials' session token and the endpoint's
-    user:password@ included: mask them, so that turning DEBUG logging on (ours never does) cannot leak a
-    credential into log files."""
-
-    _TOKEN = re.compile(r"(x-amz-security-token['\"]?\s*[:=]\s*b?['\"]?)[^\s'\"&,}]+", re.IGNORECASE)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        masked = redact_urls_in(self._TOKEN.sub(r"\1***", message))
-        if masked != message:
-            record.msg, record.args = masked, None
-        return True
-
-
-_MASK_TOKENS = _MaskSessionTokens()
-
-
-def _mask_botocore_logs() -> None:
-    # A logger's filter sees only the records of that very logger, not its children's: so every botocore
-    # logger gets it (headers: botocore.auth/endpoint; the endpoint URL: botocore.regions, .endpoint, ...).
-    for name in list(logging.root.manager.loggerDict):
-        if name.split(".")[0] in ("botocore", "boto3", "urllib3", "s3transfer"):
-            logging.getLogger(name).addFilter(_MASK_TOKENS)  # idempotent
-
-
 class S3Storage(_BaseStorage):
     """Private objects under `prefix/` in an S3 (or S3-compatible) bucket.
 
@@ -277,13 +250,11 @@ class S3Storage(_BaseStorage):
             # We send Content-MD5 ourselves; newer botocore's extra CRC headers break some S3-compatible servers.
             options["request_checksum_calculation"] = "when_required"
             options["response_checksum_validation"] = "when_required"
-        _mask_botocore_logs()
         # A private session: boto3's default session is not safe to create clients from in many threads.
         try:
             self._client = boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=Config(**options))
         except ValueError:
             raise ConfigError(f"RAIOX_S3_ENDPOINT_URL {self._endpoint_shown!r} is not a valid http(s) URL.") from None
-        _mask_botocore_logs()  # and the loggers of the modules the client has just imported
 
     def _full(self, key: str) -> str:
         self._check_key(key)

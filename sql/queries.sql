@@ -16,28 +16,84 @@ INSERT INTO embeddings (reference_id, model_id, dim, embedding)
 VALUES (%(reference_id)s, %(model_id)s, %(dim)s, %(embedding)s)
 ON CONFLICT (reference_id, model_id) DO UPDATE SET dim = EXCLUDED.dim, embedding = EXCLUDED.embedding;
 
+-- ---- Bulk writes (db.insert_many, db.add_embeddings): binary COPY into a temporary table, then one
+-- INSERT ... SELECT. The temporary tables live until the end of the transaction.
+
+-- name: create-incoming-references
+CREATE TEMP TABLE incoming_references (manufacturer text, model text, diameter_mm float8, source_filename text,
+    sha256 text, object_key text, width integer, height integer, source text) ON COMMIT DROP;
+
+-- name: copy-incoming-references
+COPY incoming_references (manufacturer, model, diameter_mm, source_filename, sha256, object_key, width, height, source)
+FROM STDIN WITH (FORMAT BINARY);
+
+-- name: insert-incoming-references
+INSERT INTO reference_implants
+    (manufacturer, model, diameter_mm, source_filename, sha256, object_key, width, height, source)
+SELECT manufacturer, model, diameter_mm, source_filename, sha256, object_key, width, height, source
+FROM incoming_references
+ON CONFLICT (sha256) DO NOTHING
+RETURNING sha256, id;
+
+-- name: create-incoming-vectors
+CREATE TEMP TABLE incoming_vectors (reference_id bigint, model_id text, embedding vector) ON COMMIT DROP;
+
+-- name: copy-incoming-vectors
+COPY incoming_vectors (reference_id, model_id, embedding) FROM STDIN WITH (FORMAT BINARY);
+
+-- name: upsert-incoming-vectors
+INSERT INTO embeddings (reference_id, model_id, dim, embedding)
+SELECT v.reference_id, v.model_id, vector_dims(v.embedding), v.embedding
+FROM incoming_vectors v JOIN reference_implants r ON r.id = v.reference_id
+ON CONFLICT (reference_id, model_id) DO UPDATE SET dim = EXCLUDED.dim, embedding = EXCLUDED.embedding;
+
 -- name: get-reference
 SELECT id, manufacturer, model, diameter_mm, source_filename, sha256, object_key, width, height, source, created_at
 FROM reference_implants WHERE id = %(id)s;
 
+-- name: reference-filters
+-- Not a query: the filters of every query below that says /* reference-filters */ over `r`, in its place.
+-- A NULL filter means "any"; queries run unprepared, so the planner drops the filters that are NULL and
+-- can use an index for the others.
+(%(manufacturer)s::text IS NULL OR r.manufacturer = %(manufacturer)s)
+AND (%(model)s::text IS NULL OR r.model = %(model)s)
+AND (%(diameter_min)s::numeric IS NULL OR r.diameter_mm >= %(diameter_min)s)
+AND (%(diameter_max)s::numeric IS NULL OR r.diameter_mm <= %(diameter_max)s)
+AND (%(text)s::text IS NULL OR r.manufacturer || ' ' || r.model || ' ' || r.source_filename ILIKE '%%' || %(text)s || '%%')
+
 -- name: list-references
-SELECT id, manufacturer, model, diameter_mm, source_filename, sha256, object_key, width, height, source, created_at
-FROM reference_implants
-WHERE (%(manufacturer)s::text IS NULL OR manufacturer = %(manufacturer)s)
-  AND (%(model)s::text IS NULL OR model = %(model)s)
-  AND (%(diameter_min)s::real IS NULL OR diameter_mm >= %(diameter_min)s)
-  AND (%(diameter_max)s::real IS NULL OR diameter_mm <= %(diameter_max)s)
-  AND (%(text)s::text IS NULL OR manufacturer || ' ' || model || ' ' || source_filename ILIKE '%%' || %(text)s || '%%')
-ORDER BY manufacturer, model, diameter_mm, id
+SELECT r.id, r.manufacturer, r.model, r.diameter_mm, r.source_filename, r.sha256, r.object_key, r.width, r.height,
+       r.source, r.created_at
+FROM reference_implants r
+WHERE /* reference-filters */
+ORDER BY r.manufacturer, r.model, r.diameter_mm, r.id
 LIMIT %(limit)s OFFSET %(offset)s;
 
 -- name: count-references
-SELECT count(*) FROM reference_implants
-WHERE (%(manufacturer)s::text IS NULL OR manufacturer = %(manufacturer)s)
-  AND (%(model)s::text IS NULL OR model = %(model)s)
-  AND (%(diameter_min)s::real IS NULL OR diameter_mm >= %(diameter_min)s)
-  AND (%(diameter_max)s::real IS NULL OR diameter_mm <= %(diameter_max)s)
-  AND (%(text)s::text IS NULL OR manufacturer || ' ' || model || ' ' || source_filename ILIKE '%%' || %(text)s || '%%');
+SELECT count(*) FROM reference_implants r WHERE /* reference-filters */;
+
+-- name: search
+-- The k nearest references of one embedding model by cosine similarity. {dim} and {model_id} are
+-- literals (db.search fills them in), so that the model's partial HNSW index over
+-- embedding::vector({dim}) WHERE model_id = {model_id} matches the query; db.search chooses its
+-- ef_search, or an exact scan for a small filtered set.
+SELECT r.id, r.manufacturer, r.model, r.diameter_mm, r.source_filename, r.object_key, r.source,
+       1 - (e.embedding::vector({dim}) <=> %(q)s::vector({dim})) AS similarity
+FROM embeddings e JOIN reference_implants r ON r.id = e.reference_id
+WHERE e.model_id = {model_id} AND /* reference-filters */
+ORDER BY e.embedding::vector({dim}) <=> %(q)s::vector({dim})
+LIMIT %(k)s;
+
+-- name: label-bound
+-- The least ({order} = ASC) or greatest (DESC) {column} among the references a search of one embedding
+-- model would see, optionally within one manufacturer: ORDER BY ... LIMIT 1 on the (manufacturer, model)
+-- index takes a few probes whatever the table's size, where min() or count(DISTINCT) would read every row.
+SELECT r.{column} FROM reference_implants r
+WHERE EXISTS (SELECT 1 FROM embeddings e WHERE e.reference_id = r.id AND e.model_id = %(model_id)s)
+  AND (%(only)s::text IS NULL OR r.manufacturer = %(only)s)
+  AND /* reference-filters */
+ORDER BY r.manufacturer {order}, r.model {order}
+LIMIT 1;
 
 -- name: delete-reference
 DELETE FROM reference_implants WHERE id = %(id)s RETURNING object_key;
@@ -64,7 +120,8 @@ WHERE NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.reference_id = r.id AND e.m
 ORDER BY r.id;
 
 -- name: embeddings-for-model
-SELECT r.id, r.manufacturer, r.model, r.diameter_mm, r.source_filename, r.object_key, r.source, e.embedding
+-- Fetched in binary (db.embeddings), where numeric has no float loader: the diameter comes as float8.
+SELECT r.id, r.manufacturer, r.model, r.diameter_mm::float8 AS diameter_mm, r.source_filename, r.object_key, r.source, e.embedding
 FROM embeddings e JOIN reference_implants r ON r.id = e.reference_id
 WHERE e.model_id = %(model_id)s ORDER BY r.id;
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 from pathlib import Path
 
@@ -14,12 +13,10 @@ os.environ["RAIOX_PRETRAINED"] = "none"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from raiox_core.config import Settings  # noqa: E402
+from raiox_core import process  # noqa: E402
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+process.configure()  # the test run is an entry point, like `raiox` and the dashboard
+from tests.ports import free_port  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -105,7 +102,7 @@ def db(_database):
 @pytest.fixture(scope="session")
 def age_index():
     """age_index(url, model_id): rebuild the model's index with pgvector's default parameters (m 16,
-    ef_construction 64), as a database from before ef_construction was raised has it."""
+    ef_construction 64), as an index built by an older Raiox has it."""
     import psycopg
 
     def age(url: str, model_id: str) -> None:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from raiox_core.images import ImageLimits
+
 ROOT = Path(__file__).resolve().parents[2]
 STAFF_PASSWORD = "correct horse battery staple"
 
@@ -44,7 +46,7 @@ def seeded(app_env, db):
 
     sources = [Source.from_bytes(name, data) for name, data in demo_files(per_diameter=1)]
     report = ingest(sources, db=resources.get_db(), storage=resources.get_storage(), embedder=resources.get_embedder(),
-                    source="synthetic")
+                    source="synthetic", limits=ImageLimits())
     assert report.ingested and not report.rejected
     return report
 

@@ -6,6 +6,7 @@ import pytest
 
 from raiox_dashboard import auth
 from raiox_core import sign_in
+from raiox_core.images import ImageLimits
 from tests.app.conftest import STAFF_PASSWORD, page_test
 from tests.sign_in_tools import age_failures, failures_by_client
 
@@ -94,7 +95,7 @@ def test_no_password_configured_disables_staff_features(app_env, monkeypatch):
     monkeypatch.delenv("RAIOX_STAFF_PASSWORD")
     name, data = demo_files(per_diameter=1)[0]
     report = ingest([Source.from_bytes(name, data)], db=resources.get_db(), storage=resources.get_storage(),
-                    embedder=resources.get_embedder())
+                    embedder=resources.get_embedder(), limits=ImageLimits())
     for page in ("ingest", "references"):
         at = page_test(page)
         at.secrets = {"UNRELATED": "x"}  # stands in for .streamlit/secrets.toml, without the password

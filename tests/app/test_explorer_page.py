@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.app.conftest import page_test
-
+from raiox_core.images import ImageLimits
 
 
 def manufacturers(report) -> set[str]:
@@ -22,14 +22,21 @@ def manufacturers(report) -> set[str]:
     return found
 
 
+@pytest.fixture(scope="module", autouse=True)
+def numba_cache():
+    from raiox_core.numba_cache import configure_numba_cache
+
+    configure_numba_cache()  # what app/main.py does before any page runs; these tests run the page alone
+
+
 @pytest.fixture(autouse=True)
 def fresh_projection_memory():
     # The disk cache lives in each test's own data dir; the in-process layer must not leak across tests.
-    from raiox_core import projection
+    from raiox_core import projection_cache
 
-    projection.clear_memory_cache()
+    projection_cache.clear_memory_cache()
     yield
-    projection.clear_memory_cache()
+    projection_cache.clear_memory_cache()
 
 
 
@@ -197,7 +204,7 @@ def test_hostile_labels_stay_text_and_diameters_show_as_stored(app_env, db):
     files = demo_files(per_diameter=1)[:5]
     report = ingest([Source.from_bytes(f"<i>{i}<i>.png", d, LabelOverride(f"{evil} {i}", "M", 3.75 if i else 4.1))
                      for i, (_, d) in enumerate(files)],
-                    db=resources.get_db(), storage=resources.get_storage(), embedder=resources.get_embedder())
+                    db=resources.get_db(), storage=resources.get_storage(), embedder=resources.get_embedder(), limits=ImageLimits())
     at = _query_upload(explorer("PCA"), files[1][1], name="[q](https://evil.example).png")
     assert not at.exception, at.exception
     # What plotly draws as text: legend names, hover names and hover fields (not its own hover template).

@@ -186,4 +186,4 @@ def test_a_diameter_with_two_decimals_is_kept(app_env, db, images):
     import json
 
     config = json.loads(at.data_editor[0].proto.columns)["diameter_mm"]["type_config"]
-    assert config.get("step") == 0.01 and "format" not in config  # a step of 0.1 showed 3.75 as 3.70
+    assert config.get("step") == 0.01 and "format" not in config  # a step of 0.1 shows 3.75 as 3.70

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from raiox_core.images import prepare_image
+from raiox_core.images import ImageLimits, prepare_image
 from raiox_core.match import percent
 from tests.app.conftest import page_test
 
@@ -33,7 +33,7 @@ def few_references(app_env, demo):
 
     chosen = [demo[0], demo[8], demo[-1]]  # Nobel REPLACE 3.5, Straumann BL 4.8, Zimmer TSX 4.7
     report = ingest([Source.from_bytes(n, d) for n, d in chosen], db=resources.get_db(),
-                    storage=resources.get_storage(), embedder=resources.get_embedder(), source="synthetic")
+                    storage=resources.get_storage(), embedder=resources.get_embedder(), source="synthetic", limits=ImageLimits())
     assert len(report.ingested) == 3
     return chosen
 
@@ -119,7 +119,7 @@ def test_exact_reference_comes_first_with_cards_votes_and_compare(seeded, demo, 
     # One request logged: the hash of the normalised image, never the uploaded file's name.
     rows = log_rows(db)
     assert len(rows) == 1
-    assert rows[0]["query_sha256"] == prepare_image(data).sha256
+    assert rows[0]["query_sha256"] == prepare_image(data, limits=ImageLimits()).sha256
     assert PATIENT_NAME not in json.dumps(rows[0], default=str)
 
     # Downloads: one CSV row per match, the JSON in MatchResult.to_json's shape, no file name.
@@ -244,7 +244,7 @@ def test_rotation_and_crop_change_what_the_model_sees(seeded, demo, db):
     assert not at.exception and not at.error
     rows = log_rows(db)
     assert len(rows) == 3 and len({r["query_sha256"] for r in rows}) == 3
-    assert result_of(at).query.sha256 == rows[-1]["query_sha256"] != prepare_image(data).sha256
+    assert result_of(at).query.sha256 == rows[-1]["query_sha256"] != prepare_image(data, limits=ImageLimits()).sha256
     # A crop that keeps almost nothing is refused with a sentence, not a traceback.
     at.slider(key="match_crop_y").set_value((50, 52)).run()
     assert not at.exception

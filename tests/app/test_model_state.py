@@ -87,5 +87,66 @@ def test_staff_compute_missing_vectors_with_a_button(seeded, monkeypatch, tmp_pa
     next(b for b in at.button if b.label == f"Compute {total} vectors").click()
     at.run()
     assert not at.exception
-    assert db.stats()["models"][model_id] == total
+    assert db.stats()["embedding_models"][model_id] == total
     assert not any("have no vectors" in w for w in text(at.main.warning))
+
+
+@pytest.fixture
+def id_computations(monkeypatch):
+    """Every model_id_for call and every checkpoint hash, wherever the model's state is built."""
+    from raiox_core import embedder, model_state
+
+    calls = {"model_id_for": [], "file_digest": []}
+    real_id, real_digest = embedder.model_id_for, embedder._file_digest
+
+    def model_id_for(model, pretrained):
+        calls["model_id_for"].append(pretrained)
+        return real_id(model, pretrained)
+
+    def file_digest(path):
+        calls["file_digest"].append(path)
+        return real_digest(path)
+
+    monkeypatch.setattr(embedder, "model_id_for", model_id_for)
+    monkeypatch.setattr(model_state, "model_id_for", model_id_for)
+    monkeypatch.setattr(embedder, "_file_digest", file_digest)
+    return calls
+
+
+def test_a_checkpoint_is_hashed_once_per_load_not_on_every_rerun(app_env, monkeypatch, tmp_path, id_computations):
+    import torch
+
+    from raiox_dashboard import resources
+
+    checkpoint = tmp_path / "rerun-tower.pt"
+    torch.save(resources.get_embedder().model.state_dict(), checkpoint)
+    for calls in id_computations.values():  # loading the default model for its weights counted too
+        calls.clear()
+    configure(monkeypatch, RAIOX_PRETRAINED=str(checkpoint), RAIOX_PRECISION="fp32")
+    at = dashboard().run()
+    assert not at.exception
+    assert id_computations == {"model_id_for": [str(checkpoint)], "file_digest": [checkpoint]}  # at the load
+    model_id = resources.get_model_state().model_id
+    assert model_id.startswith("ViT-B-32/file:rerun-tower.pt@")
+
+    at.run()
+    for page in PAGES:  # every page asks for the model's state and id on each run
+        at.switch_page(f"../pages/{page}.py").run()
+        assert not at.exception, page
+        assert model_id in text(at.sidebar.caption), page
+    at.run()
+    assert id_computations == {"model_id_for": [str(checkpoint)], "file_digest": [checkpoint]}
+
+
+def test_an_unloadable_checkpoint_is_not_hashed_again_on_reruns(app_env, monkeypatch, tmp_path, id_computations):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint" * 1000)
+    configure(monkeypatch, RAIOX_PRETRAINED=str(broken))
+    at = dashboard().run()
+    assert not at.exception
+    assert any(s.startswith("**Model unavailable**") for s in text(at.sidebar.error))
+    assert id_computations["file_digest"] == [broken]  # the failed load names the weights it tried once
+    at.run()
+    at.switch_page("../pages/references.py").run()
+    assert not at.exception
+    assert id_computations["file_digest"] == [broken] and len(id_computations["model_id_for"]) == 1

@@ -10,6 +10,7 @@ from raiox_dashboard import auth
 from raiox_dashboard.widgets import WORD_JOINER
 from raiox_core.db import Filters
 from raiox_core.errors import NotFound
+from raiox_core.images import ImageLimits
 from tests.app.conftest import STAFF_PASSWORD, page_test
 
 
@@ -49,7 +50,7 @@ def few(app_env, db, demo) -> list[int]:
     from raiox_core.ingest import Source, ingest
 
     report = ingest([Source.from_bytes(n, d) for n, d in demo], db=resources.get_db(), storage=resources.get_storage(),
-                    embedder=resources.get_embedder(), source="synthetic")
+                    embedder=resources.get_embedder(), source="synthetic", limits=ImageLimits())
     return [item.id for item in report.ingested]
 
 
@@ -60,7 +61,7 @@ def _meta(at) -> dict:
 
 
 def _sha(at) -> str:
-    """The detail's SHA-256, shown whole in a code block (a table cell cut it off)."""
+    """The detail's SHA-256, shown whole in a code block (a table cell would cut it off)."""
     (code,) = [c.value for c in at.code if re.fullmatch(r"[0-9a-f]{64}", c.value)]
     return code
 
@@ -214,7 +215,7 @@ def test_labels_are_rendered_as_text(app_env, db, demo):
     name, data = demo[0]
     evil = "[click](https://evil.example) <img src=x onerror=alert(1)> **bold** :red[x] www.evil.example a@evil.example"
     report = ingest([Source.from_bytes("scan.png", data, LabelOverride(evil, "M1", 4.0))],
-                    db=resources.get_db(), storage=resources.get_storage(), embedder=resources.get_embedder())
+                    db=resources.get_db(), storage=resources.get_storage(), embedder=resources.get_embedder(), limits=ImageLimits())
     rid = report.ingested[0].id
     at = _open(rid)
     assert not at.exception

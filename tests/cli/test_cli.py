@@ -67,7 +67,7 @@ def test_ingest_match_list_stats_delete_json(run, tmp_path, files):
     assert refused["file"].endswith("notes.jpg") and refused["error"].endswith(".")
 
     stats = json.loads(run("stats", "--json").stdout)
-    assert stats["references"] == len(files) and stats["models"] == {"ViT-B-32/untrained": len(files)}
+    assert stats["references"] == len(files) and stats["embedding_models"] == stats["models"] == {"ViT-B-32/untrained": len(files)}
     listed = json.loads(run("list", "--manufacturer", "Nobel Biocare", "--json").stdout)
     assert listed and {r["manufacturer"] for r in listed} == {"Nobel Biocare"}
 
@@ -154,7 +154,7 @@ def test_demo_seeds_the_embedded_database_even_without_weights(tmp_path):
     env["RAIOX_PRETRAINED"] = "none"
     stats = json.loads(subprocess.run(cmd + ["stats", "--json"], capture_output=True, text=True, env=env).stdout)
     assert stats["references"] >= 40 and len(stats["by_manufacturer"]) >= 4
-    assert stats["models"] == {"ViT-B-32/untrained": stats["references"]}
+    assert stats["embedding_models"] == {"ViT-B-32/untrained": stats["references"]}
     again = subprocess.run(cmd + ["demo", "--no-app"], capture_output=True, text=True, env=env, timeout=600)
     assert "Seeded 0 synthetic references" in again.stdout
 
@@ -175,7 +175,7 @@ def test_file_names_cannot_forge_or_hide_output_lines(run, tmp_path, files):
 
 
 # The outage begins once the command has opened its pool: the pool's reconnection attempts then log
-# warnings, which used to reach stderr line after line.
+# warnings, which must not reach stderr line after line: an error is one line.
 LOSE_DB_AFTER_OPEN = """
 import sys
 from raiox_core import cli, db, embedded_pg

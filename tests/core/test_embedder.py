@@ -7,6 +7,7 @@ from PIL import Image
 
 from raiox_core.embedder import load_embedder, model_id_for
 from raiox_core.errors import ModelLoadError
+from raiox_core.images import ImageLimits
 
 
 def images(n, seed=0):
@@ -80,7 +81,7 @@ def test_cpu_encodes_int8_within_cosine_0999_of_fp32(embedder):
     from raiox_core.images import prepare_image
     from raiox_core.synthetic import demo_files
 
-    batch = images(6, seed=4) + [prepare_image(data).image for _, data in demo_files(1, seed=7)[:10]]
+    batch = images(6, seed=4) + [prepare_image(data, limits=ImageLimits()).image for _, data in demo_files(1, seed=7)[:10]]
     int8 = embedder.encode(batch)
     with embedder.fp32():
         assert embedder.precision == "fp32"
@@ -133,5 +134,5 @@ def test_a_model_without_a_transformer_tower_loads_and_encodes_in_fp32():
     from raiox_core.synthetic import demo_files
     from raiox_core.images import prepare_image
 
-    vector = resnet.encode_one(prepare_image(demo_files(per_diameter=1)[0][1]).image)
+    vector = resnet.encode_one(prepare_image(demo_files(per_diameter=1)[0][1], limits=ImageLimits()).image)
     assert vector.shape == (resnet.dim,) and abs(float(vector @ vector) - 1) < 1e-5

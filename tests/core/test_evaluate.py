@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import silhouette_samples
 
 from raiox_core.evaluate import evaluate, evaluate_rows
-from raiox_core.projection import TooFewReferences
+from raiox_core.errors import TooFewReferences
 
 
 def clustered(n_manufacturers=4, models_per=2, per_model=6, dim=64, spread=0.05, seed=0):

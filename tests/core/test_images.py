@@ -138,7 +138,7 @@ def assert_normalised(prepared: PreparedImage) -> None:
     ],
 )
 def test_each_pil_format_is_accepted(fmt, params):
-    prepared = prepare_image(encode(gradient(120, 80), fmt, **params))
+    prepared = prepare_image(encode(gradient(120, 80), fmt, **params), limits=ImageLimits())
     assert prepared.source_format == fmt
     assert (prepared.width, prepared.height) == (120, 80)
     assert_normalised(prepared)
@@ -152,7 +152,7 @@ def test_16_bit_greyscale_is_scaled_to_the_full_8_bit_range(fmt):
     arr = np.tile(np.linspace(1000, 1200, 100), (60, 1)).astype(np.uint16)  # narrow band, far above 255
     img = Image.fromarray(arr)
     assert img.mode.startswith("I;16")
-    prepared = prepare_image(encode(img, fmt))
+    prepared = prepare_image(encode(img, fmt), limits=ImageLimits())
     assert prepared.source_format == fmt
     content = np.asarray(prepared.image)[20:80, :]  # the 60 rows between the padding bands
     assert content.min() == 0 and content.max() == 255
@@ -168,7 +168,7 @@ def test_animated_gif_uses_the_first_frame():
     frames = [Image.fromarray(first).convert("P"), Image.fromarray(second).convert("P")]
     data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
     assert Image.open(io.BytesIO(data)).n_frames == 2
-    arr = np.asarray(prepare_image(data).image)
+    arr = np.asarray(prepare_image(data, limits=ImageLimits()).image)
     assert arr[:, :32].mean() > 200 and arr[:, 32:].mean() < 50
 
 
@@ -177,7 +177,7 @@ def test_png_bytes_behind_a_jpg_name_are_sniffed_as_png(tmp_path):
     path.write_bytes(encode(gradient(), "PNG"))
     data = path.read_bytes()
     assert sniff_format(data) == "PNG"
-    assert prepare_image(data).source_format == "PNG"
+    assert prepare_image(data, limits=ImageLimits()).source_format == "PNG"
 
 
 def test_sniff_format_recognises_every_accepted_format():
@@ -190,7 +190,7 @@ def test_sniff_format_recognises_every_accepted_format():
 def test_cmyk_jpeg_is_accepted():
     data = encode(gradient(100, 70, "CMYK"), "JPEG")
     assert Image.open(io.BytesIO(data)).mode == "CMYK"
-    prepared = prepare_image(data)
+    prepared = prepare_image(data, limits=ImageLimits())
     assert_normalised(prepared)
     assert np.asarray(prepared.image).std() > 10
 
@@ -202,7 +202,7 @@ def test_palette_png_with_transparency_is_composited_onto_black():
     img.putpalette([255, 255, 255, 90, 90, 90] + [0] * 762)  # index 0 white but transparent
     data = encode(img, "PNG", transparency=0)
     assert Image.open(io.BytesIO(data)).mode == "P"
-    out = np.asarray(prepare_image(data).image)
+    out = np.asarray(prepare_image(data, limits=ImageLimits()).image)
     assert out[0, 0] == 0  # transparent white became black
     assert out[32, 32] == 255  # the opaque grey square is now the brightest thing
 
@@ -212,7 +212,7 @@ def test_rgba_png_transparent_area_becomes_black():
     rgba[..., :3] = 255
     rgba[16:48, 16:48, 3] = 255  # only the centre is opaque
     rgba[20:44, 20:44, :3] = 128
-    out = np.asarray(prepare_image(encode(Image.fromarray(rgba), "PNG")).image)
+    out = np.asarray(prepare_image(encode(Image.fromarray(rgba), "PNG"), limits=ImageLimits()).image)
     assert out[2, 2] == 0 and out[32, 32] > 0 and out[17, 17] == 255
 
 
@@ -224,7 +224,7 @@ def test_exif_rotated_jpeg_is_turned_upright_and_exif_is_dropped():
     exif[0x013B] = "Maria Silva"  # Artist
     data = encode(img, "JPEG", exif=exif.tobytes())
     assert b"Maria Silva" in data
-    prepared = prepare_image(data)
+    prepared = prepare_image(data, limits=ImageLimits())
     assert (prepared.width, prepared.height) == (60, 120)
     assert b"Maria Silva" not in prepared.png
     stored = Image.open(io.BytesIO(prepared.png))
@@ -240,7 +240,7 @@ def test_png_text_chunks_are_not_kept():
 
     info = PngInfo()
     info.add_text("Patient", "Maria Silva")
-    prepared = prepare_image(encode(gradient(), "PNG", pnginfo=info))
+    prepared = prepare_image(encode(gradient(), "PNG", pnginfo=info), limits=ImageLimits())
     assert b"Maria Silva" not in prepared.png
     assert png_chunk_types(prepared.png) == [b"IHDR", b"IDAT", b"IEND"]
 
@@ -264,7 +264,7 @@ def test_stored_png_decodes_to_exactly_the_normalised_pixels(side, width_extra, 
 
 
 def test_dicom_monochrome2_is_read():
-    prepared = prepare_image(dicom_bytes(ramp16()))
+    prepared = prepare_image(dicom_bytes(ramp16()), limits=ImageLimits())
     assert prepared.source_format == "DICOM"
     assert (prepared.width, prepared.height) == (64, 48)
     assert_normalised(prepared)
@@ -273,8 +273,8 @@ def test_dicom_monochrome2_is_read():
 
 
 def test_dicom_monochrome1_is_inverted():
-    normal = np.asarray(prepare_image(dicom_bytes(ramp16())).image)
-    inverted = np.asarray(prepare_image(dicom_bytes(ramp16(), photometric="MONOCHROME1")).image)
+    normal = np.asarray(prepare_image(dicom_bytes(ramp16()), limits=ImageLimits()).image)
+    inverted = np.asarray(prepare_image(dicom_bytes(ramp16(), photometric="MONOCHROME1"), limits=ImageLimits()).image)
     row = inverted[32]
     assert row[0] == 255 and row[-1] == 0
     content = slice(8, 56)  # the 48 rows between the padding bands stay black in both
@@ -287,21 +287,21 @@ def test_dicom_rescale_slope_and_intercept_are_applied_before_windowing():
     # nearly everything to white (stored values are all >= 0).
     stored = np.tile(np.linspace(0, 1000, 100), (100, 1)).astype(np.uint16)
     data = dicom_bytes(stored, slope=2.0, intercept=-1000.0, window=(0.0, 400.0))
-    arr = np.asarray(prepare_image(data).image)
+    arr = np.asarray(prepare_image(data, limits=ImageLimits()).image)
     black, white = (arr == 0).mean(), (arr == 255).mean()
     assert 0.35 < black < 0.45 and 0.35 < white < 0.45
 
 
 def test_multi_frame_dicom_uses_the_first_frame():
     frames = np.stack([ramp16(), ramp16()[:, ::-1]])
-    row = np.asarray(prepare_image(dicom_bytes(frames)).image)[32]
+    row = np.asarray(prepare_image(dicom_bytes(frames), limits=ImageLimits()).image)[32]
     assert row[0] == 0 and row[-1] == 255
 
 
 def test_dicom_patient_data_never_reaches_the_png():
     data = dicom_bytes(ramp16(), patient_name="Silva^Maria")
     assert b"Silva^Maria" in data
-    prepared = prepare_image(data)
+    prepared = prepare_image(data, limits=ImageLimits())
     for secret in (b"Silva", b"Maria", b"PID-123456", b"DICM"):
         assert secret not in prepared.png
     assert png_chunk_types(prepared.png) == [b"IHDR", b"IDAT", b"IEND"]
@@ -410,7 +410,7 @@ def test_limits_from_settings(settings):
 
 @pytest.mark.parametrize("size", [(32, 32), (100, 50), (50, 100), (512, 300), (1500, 900), (700, 2000)])
 def test_output_is_grey_square_and_at_most_normalised_side(size):
-    prepared = prepare_image(encode(gradient(*size), "PNG"))
+    prepared = prepare_image(encode(gradient(*size), "PNG"), limits=ImageLimits())
     assert_normalised(prepared)
     expected = min(max(size), NORMALISED_SIDE)
     assert prepared.image.size == (expected, expected)
@@ -418,7 +418,7 @@ def test_output_is_grey_square_and_at_most_normalised_side(size):
 
 def test_padding_is_black_and_centred():
     bands = np.tile(np.array([100, 200], np.uint8).repeat(50), (40, 1))  # two grey bands, 40 rows high
-    arr = np.asarray(prepare_image(encode(Image.fromarray(bands).convert("RGB"), "PNG")).image)
+    arr = np.asarray(prepare_image(encode(Image.fromarray(bands).convert("RGB"), "PNG"), limits=ImageLimits()).image)
     assert arr.shape == (100, 100)
     assert (arr[:30] == 0).all() and (arr[70:] == 0).all() and (arr[30:70, 50:] == 255).all()
 
@@ -439,7 +439,7 @@ def test_an_oversized_file_states_its_real_size_or_says_larger():
     with pytest.raises(ImageRejected, match=r"^The file is larger than the limit of 1,000 bytes\.$"):
         prepare_image(head, limits, size=0)
     with pytest.raises(ImageRejected, match=r"^The file is larger than the limit of 20 MB\.$"):
-        prepare_image(bytes(20 * 2**20 + 1), size=0)
+        prepare_image(bytes(20 * 2**20 + 1), size=0, limits=ImageLimits())
 
 
 def test_corrupt_compressed_dicom_is_refused_quietly(capfd):
@@ -490,14 +490,14 @@ def test_same_pixels_with_different_metadata_hash_the_same():
     info.add_text("Comment", "scanned at clinic B")
     exif = Image.Exif()
     exif[0x013B] = "Someone"
-    plain = prepare_image(encode(img, "PNG"))
-    tagged = prepare_image(encode(img, "PNG", pnginfo=info, exif=exif.tobytes(), dpi=(300, 300)))
+    plain = prepare_image(encode(img, "PNG"), limits=ImageLimits())
+    tagged = prepare_image(encode(img, "PNG", pnginfo=info, exif=exif.tobytes(), dpi=(300, 300)), limits=ImageLimits())
     assert plain.sha256 == tagged.sha256
     assert plain.png == tagged.png
-    assert prepare_image(encode(img, "BMP")).sha256 == plain.sha256  # other lossless container
-    other = prepare_image(encode(gradient(90, 70).transpose(Image.Transpose.FLIP_LEFT_RIGHT), "PNG"))
+    assert prepare_image(encode(img, "BMP"), limits=ImageLimits()).sha256 == plain.sha256  # other lossless container
+    other = prepare_image(encode(gradient(90, 70).transpose(Image.Transpose.FLIP_LEFT_RIGHT), "PNG"), limits=ImageLimits())
     assert other.sha256 != plain.sha256
-    resized = prepare_image(encode(gradient(91, 70), "PNG"))
+    resized = prepare_image(encode(gradient(91, 70), "PNG"), limits=ImageLimits())
     assert resized.sha256 != plain.sha256
 
 
@@ -505,21 +505,21 @@ def test_same_pixels_with_different_metadata_hash_the_same():
 def test_prepare_image_is_thread_safe():
     formats = ["PNG", "JPEG", "TIFF", "WEBP"] * 3
     inputs = [encode(gradient(100 + i * 7, 90), fmt) for i, fmt in enumerate(formats)]
-    expected = [prepare_image(d).sha256 for d in inputs]
+    expected = [prepare_image(d, limits=ImageLimits()).sha256 for d in inputs]
     with ThreadPoolExecutor(max_workers=4) as pool:
-        assert list(pool.map(lambda d: prepare_image(d).sha256, inputs * 3)) == expected * 3
+        assert list(pool.map(lambda d: prepare_image(d, limits=ImageLimits()).sha256, inputs * 3)) == expected * 3
 
 
 def test_thumbnail_png():
-    stored = prepare_image(encode(gradient(800, 600), "JPEG")).png
-    thumb = Image.open(io.BytesIO(thumbnail_png(stored)))
+    stored = prepare_image(encode(gradient(800, 600), "JPEG"), limits=ImageLimits()).png
+    thumb = Image.open(io.BytesIO(thumbnail_png(stored, limits=ImageLimits())))
     assert thumb.format == "PNG" and thumb.size == (160, 160) and thumb.mode == "L"
-    small = Image.open(io.BytesIO(thumbnail_png(stored, side=64)))
+    small = Image.open(io.BytesIO(thumbnail_png(stored, side=64, limits=ImageLimits())))
     assert small.size == (64, 64)
-    tiny = prepare_image(encode(gradient(40, 40), "PNG")).png
-    assert Image.open(io.BytesIO(thumbnail_png(tiny))).size == (40, 40)  # never upscaled
+    tiny = prepare_image(encode(gradient(40, 40), "PNG"), limits=ImageLimits()).png
+    assert Image.open(io.BytesIO(thumbnail_png(tiny, limits=ImageLimits()))).size == (40, 40)  # never upscaled
     with pytest.raises(ImageRejected):
-        thumbnail_png(b"not a png")
+        thumbnail_png(b"not a png", limits=ImageLimits())
 
 
 # ---------------------------------------------------------------- fuzzing
@@ -546,7 +546,7 @@ MAGICS = [
 @given(prefix=st.sampled_from(MAGICS), body=st.binary(max_size=600))
 def test_random_bytes_only_ever_raise_image_rejected(prefix, body):
     try:
-        prepared = prepare_image(prefix + body)
+        prepared = prepare_image(prefix + body, limits=ImageLimits())
     except ImageRejected as exc:
         assert_sentence(str(exc))
     else:  # astonishingly valid: it must still be a proper normalised image
@@ -559,7 +559,7 @@ def test_random_bytes_only_ever_raise_image_rejected(prefix, body):
 def test_truncated_real_files_only_ever_raise_image_rejected(cut, fmt):
     data = dicom_bytes(ramp16()) if fmt == "DICOM" else encode(gradient(64, 48), fmt)
     try:
-        prepare_image(data[: int(len(data) * cut)])
+        prepare_image(data[: int(len(data) * cut)], limits=ImageLimits())
     except ImageRejected as exc:
         assert_sentence(str(exc))
 
@@ -569,4 +569,4 @@ def test_a_dicom_of_a_pngs_pixels_hashes_like_the_png():
     pixels = (np.add.outer(np.arange(48), np.arange(64)) * 2 % 256).astype(np.uint8)
     png = io.BytesIO()
     Image.fromarray(pixels).save(png, format="PNG")
-    assert prepare_image(dicom_bytes(pixels)).sha256 == prepare_image(png.getvalue()).sha256
+    assert prepare_image(dicom_bytes(pixels), limits=ImageLimits()).sha256 == prepare_image(png.getvalue(), limits=ImageLimits()).sha256

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from raiox_core.db import Filters
-from raiox_core.images import prepare_image
+from raiox_core.images import ImageLimits, prepare_image
 from raiox_core.match import match_image
 from raiox_core.synthetic import demo_files
 
@@ -14,7 +14,7 @@ from raiox_core.synthetic import demo_files
 @pytest.fixture(scope="module")
 def query(embedder):
     """A prepared demo radiograph and its vector."""
-    image = prepare_image(demo_files(per_diameter=1)[0][1])
+    image = prepare_image(demo_files(per_diameter=1)[0][1], limits=ImageLimits())
     return image, embedder.encode_one(image.image)
 
 
@@ -23,7 +23,7 @@ def add(db, embedder, manufacturer: str, model: str, vector, diameter: float = 4
     sha = hashlib.sha256(f"{manufacturer}/{model}/{db.count()}".encode()).hexdigest()
     row = {"manufacturer": manufacturer, "model": model, "diameter_mm": diameter, "source_filename": f"{model}.png",
            "sha256": sha, "object_key": f"referencia/{sha}.png", "width": 64, "height": 64, "source": "upload"}
-    with db.inserting(row, np.asarray(vector, np.float32), embedder.model_id) as ref_id:
+    with db.inserting(row, {embedder.model_id: np.asarray(vector, np.float32)}) as ref_id:
         return ref_id
 
 
@@ -87,7 +87,7 @@ def test_an_image_identical_to_a_reference_is_answered_as_that_reference(db, emb
     row = {"manufacturer": "Neodent", "model": "DRIVE", "diameter_mm": 3.75, "source_filename": "NEODENT_DRIVE_3.75mm.png",
            "sha256": image.sha256, "object_key": f"referencia/{image.sha256}.png", "width": 64, "height": 64,
            "source": "upload"}
-    with db.inserting(row, far_from(query[1], 11), embedder.model_id) as ref_id:
+    with db.inserting(row, {embedder.model_id: far_from(query[1], 11)}) as ref_id:
         pass
     # A threshold nothing can reach, and a filter that excludes the reference: the copy is still recognised.
     result = match_image(image, db=db, embedder=embedder, threshold=1.0, k=3, filters=Filters(manufacturer="Straumann"))

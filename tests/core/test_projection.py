@@ -1,4 +1,5 @@
-"""Projections: shapes, tiny sets, determinism, transform without refit, and the on-disk cache."""
+"""Projections: shapes, tiny sets, determinism, transform without refit (projection), and the in-memory and
+on-disk cache (projection_cache)."""
 
 from __future__ import annotations
 
@@ -14,15 +15,11 @@ import numpy as np
 import pytest
 
 from raiox_core import projection as proj
-from raiox_core.projection import (
-    ProjectionParams,
-    ReducerMissing,
-    TooFewReferences,
-    cached_projection,
-    fingerprint,
-    project,
-    projection_frame,
-)
+from raiox_core import projection_cache
+from raiox_core.numba_cache import configure_numba_cache
+from raiox_core.errors import InvalidInput, ReducerMissing, TooFewReferences
+from raiox_core.projection import DeferredReducer, ProjectionParams, project, projection_frame
+from raiox_core.projection_cache import cached_projection, fingerprint
 
 
 def clustered(n_clusters=3, per=10, dim=32, spread=0.15, seed=0):
@@ -47,11 +44,16 @@ def map_files(key) -> list[str]:
     return [f"{key}.npz", f"{key}.reducer.pkl"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def numba_cache():
+    configure_numba_cache()  # what the entry points do: umap's compiled kernels are reused across runs
+
+
 @pytest.fixture(autouse=True)
 def fresh_memory():
-    proj.clear_memory_cache()
+    projection_cache.clear_memory_cache()
     yield
-    proj.clear_memory_cache()
+    projection_cache.clear_memory_cache()
 
 
 # -- project ----------------------------------------------------------------------------------------
@@ -80,9 +82,9 @@ def test_tiny_sets_fall_back_to_pca_with_a_note(n):
 def test_empty_set_and_bad_parameters_are_refused():
     with pytest.raises(TooFewReferences):
         project(np.empty((0, 8), np.float32), "pca")
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidInput):
         ProjectionParams(method="tsne")
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidInput):
         ProjectionParams(n_components=4)
 
 
@@ -134,7 +136,7 @@ def test_cache_hits_in_memory_then_on_disk_without_recomputing(tmp_path):
     again = cached_projection(tmp_path, "M/1", rows, params, progress=lambda f, t: calls.append((f, t)))
     assert again.source == "memory" and not calls
 
-    proj.clear_memory_cache()  # as in a new process
+    projection_cache.clear_memory_cache()  # as in a new process
     loaded = cached_projection(tmp_path, "M/1", list(reversed(rows)), params, progress=lambda f, t: calls.append(f))
     assert loaded.source == "disk" and not calls  # row order does not matter: rows are put in id order
     assert np.array_equal(loaded.coords, first.coords) and loaded.ids.tolist() == list(range(1, 31))
@@ -185,13 +187,13 @@ def test_a_corrupt_map_file_is_ignored_with_a_warning_removed_and_refitted(tmp_p
         npz.write_bytes(npz.read_bytes()[:100])
     else:  # a pickle where arrays belong must not be unpickled
         np.save(npz.open("wb"), np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    proj.clear_memory_cache()
-    with caplog.at_level(logging.WARNING, logger="raiox_core.projection"):
+    projection_cache.clear_memory_cache()
+    with caplog.at_level(logging.WARNING, logger="raiox_core.projection_cache"):
         again = cached_projection(tmp_path, "M/1", rows, params)
     assert "Ignoring unreadable cached projection" in caplog.text
     assert again.source == "computed" and np.allclose(again.coords, first.coords)
     assert cache_files(tmp_path) == map_files(first.fingerprint)  # rewritten, no temporary files left
-    proj.clear_memory_cache()
+    projection_cache.clear_memory_cache()
     assert cached_projection(tmp_path, "M/1", rows, params).source == "disk"
 
 
@@ -201,7 +203,7 @@ def test_a_lost_reducer_fails_the_placement_clearly_and_the_next_view_refits(tmp
     rows = rows_of(v, labels)
     params = ProjectionParams(method="pca")
     first = cached_projection(tmp_path, "M/1", rows, params)
-    proj.clear_memory_cache()
+    projection_cache.clear_memory_cache()
     loaded = cached_projection(tmp_path, "M/1", rows, params)
     assert loaded.source == "disk"
     reducer_file = tmp_path / f"{first.fingerprint}.reducer.pkl"
@@ -227,7 +229,7 @@ def test_a_map_whose_reducer_is_already_gone_is_refitted_when_loaded(tmp_path):
     params = ProjectionParams(method="pca")
     first = cached_projection(tmp_path, "M/1", rows, params)
     (tmp_path / f"{first.fingerprint}.reducer.pkl").unlink()
-    proj.clear_memory_cache()
+    projection_cache.clear_memory_cache()
     assert cached_projection(tmp_path, "M/1", rows, params).source == "computed"
     assert cache_files(tmp_path) == map_files(first.fingerprint)
 
@@ -236,14 +238,14 @@ def test_pruning_keeps_the_most_recently_used_maps_with_both_files(tmp_path, mon
     v, labels = clustered()
     rows = rows_of(v, labels)
     params = ProjectionParams(method="pca")
-    monkeypatch.setattr(proj, "MAX_CACHE_FILES", 2)
+    monkeypatch.setattr(projection_cache, "MAX_CACHE_FILES", 2)
     (tmp_path / ("0" * 64 + ".pkl")).write_bytes(b"a format-1 pickle")  # old format: deleted by the next save
     a, b = (cached_projection(tmp_path, "M/1", rows[:n], params) for n in (10, 12))
     now = time.time()
     for key, age in ((a.fingerprint, 20), (b.fingerprint, 10)):  # a used before b, whatever the clock resolution
         for name in map_files(key):
             os.utime(tmp_path / name, (now - age, now - age))
-    proj.clear_memory_cache()
+    projection_cache.clear_memory_cache()
     assert cached_projection(tmp_path, "M/1", rows[:10], params).source == "disk"  # a is now the most recent
     c = cached_projection(tmp_path, "M/1", rows[:14], params)
     assert cache_files(tmp_path) == sorted(map_files(a.fingerprint) + map_files(c.fingerprint))
@@ -256,7 +258,8 @@ def test_pruning_keeps_the_most_recently_used_maps_with_both_files(tmp_path, mon
 WARM_VIEW = textwrap.dedent("""
     import json, sys
     import numpy as np
-    from raiox_core.projection import ProjectionParams, cached_projection
+    from raiox_core.projection import ProjectionParams
+    from raiox_core.projection_cache import cached_projection
 
     cache_dir, vectors, params = sys.argv[1], np.load(sys.argv[2]), ProjectionParams(**json.loads(sys.argv[3]))
     p = cached_projection(cache_dir, "M/1", ids=np.arange(1, len(vectors) + 1), vectors=vectors, params=params)
@@ -299,11 +302,81 @@ def test_cached_umap_round_trips_through_disk(tmp_path):
     rows = rows_of(v, labels)
     params = ProjectionParams(method="umap", n_neighbors=8)
     first = cached_projection(tmp_path, "M/1", rows, params)
-    proj.clear_memory_cache()
+    projection_cache.clear_memory_cache()
     loaded = cached_projection(tmp_path, "M/1", rows, params)
     assert loaded.source == "disk" and loaded.method == "umap"
     assert np.array_equal(loaded.coords, first.coords)
     assert loaded.transform(v[:1] * 1.0001).shape == (1, 2)
+
+
+def test_a_map_from_disk_reads_its_reducer_once_when_a_query_is_first_placed(tmp_path, monkeypatch):
+    import dataclasses
+    import inspect
+    import pickle
+
+    from raiox_core.projection import Projection
+
+    v, labels = clustered()
+    rows = rows_of(v, labels)
+    params = ProjectionParams(method="pca")
+    first = cached_projection(tmp_path, "M/1", rows, params)
+    assert not isinstance(first.reducer, DeferredReducer) and first.fitted_reducer() is first.reducer
+    projection_cache.clear_memory_cache()
+    unpickled = []
+    real_load = pickle.load
+    monkeypatch.setattr(pickle, "load", lambda f: unpickled.append(f.name) or real_load(f))
+    loaded = cached_projection(tmp_path, "M/1", rows, params)
+    again = cached_projection(tmp_path, "M/1", rows, params)
+    assert (loaded.source, again.source) == ("disk", "memory")
+    assert isinstance(loaded.reducer, DeferredReducer) and again.reducer is loaded.reducer and not unpickled
+    assert np.allclose(again.transform(v[:2]), first.coords[:2], atol=1e-5)
+    assert np.allclose(loaded.transform(v[2:4]), first.coords[2:4], atol=1e-5)
+    assert len(unpickled) == 1 and loaded.fitted_reducer() is again.fitted_reducer()
+    assert type(loaded.fitted_reducer()) is type(first.reducer)
+    # `reducer` is an ordinary dataclass field: nothing is installed on the class after its definition.
+    assert "reducer" in {f.name for f in dataclasses.fields(Projection)}
+    assert inspect.getattr_static(Projection, "reducer", None) is None
+
+
+NO_NUMBA_SIDE_EFFECTS = textwrap.dedent("""
+    import json, os
+    import numpy as np
+    from raiox_core import projection, projection_cache
+    from raiox_core.projection import ProjectionParams
+
+    p = projection_cache.cached_projection(os.environ["CACHE"], "M/1", ids=[1, 2, 3], vectors=np.eye(3, 8),
+                                           params=ProjectionParams(method="pca"))
+    p.transform(np.ones(8))
+    before = os.environ.get("NUMBA_CACHE_DIR")
+    from raiox_core.numba_cache import configure_numba_cache
+    configure_numba_cache()
+    print(json.dumps({"before": before, "after": os.environ.get("NUMBA_CACHE_DIR")}))
+""")
+
+
+def test_numba_is_configured_by_the_entry_points_not_on_import_or_fit(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "xdg"), CACHE=str(tmp_path / "projections"))
+    done = subprocess.run([sys.executable, "-c", NO_NUMBA_SIDE_EFFECTS], capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out == {"before": None, "after": str(tmp_path / "xdg" / "raiox" / "numba")}
+    assert (tmp_path / "xdg" / "raiox" / "numba").is_dir()
+
+
+def test_configure_numba_cache_keeps_a_directory_already_chosen(tmp_path, monkeypatch):
+    from raiox_core.numba_cache import configure_numba_cache, numba_cache_dir
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "chosen"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    configure_numba_cache()
+    assert os.environ["NUMBA_CACHE_DIR"] == str(tmp_path / "chosen") == str(numba_cache_dir())
+    assert not (tmp_path / "xdg").exists()
+    monkeypatch.delenv("NUMBA_CACHE_DIR")
+    (tmp_path / "xdg").write_text("a file where the directory would go")  # cannot be created: numba's default
+    configure_numba_cache()
+    assert "NUMBA_CACHE_DIR" not in os.environ
 
 
 def test_projection_frame_joins_current_labels():

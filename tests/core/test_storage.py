@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +17,7 @@ from botocore.exceptions import EndpointConnectionError
 
 from raiox_core.errors import ConfigError, StorageError
 from raiox_core.storage import REFERENCE_PREFIX, LocalStorage, S3Storage, open_storage, reference_key
+from tests.ports import free_port
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
 
@@ -34,12 +34,6 @@ def s3(s3_settings) -> S3Storage:
     storage = open_storage(s3_settings)
     assert isinstance(storage, S3Storage)
     return storage
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def raw_client(endpoint: str):

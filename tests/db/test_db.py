@@ -1,11 +1,15 @@
 import threading
+import uuid
+from dataclasses import dataclass
 
 import numpy as np
 import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
-from raiox_core.db import (HNSW_PARAMS, Database, DuplicateReference, Filters, migrate, migrations,
-                           named_queries, redact_url)
+from raiox_core.db import (DEFAULT_EF_SEARCH, EXACT_SEARCH_MAX_ROWS, FILTERED_EF_SEARCH, HNSW_PARAMS, Database,
+                           DuplicateReference, Filters, migrate, migrations, named_queries, redact_url)
 from raiox_core.errors import DatabaseUnavailable
 
 MODEL = "test/model"
@@ -25,7 +29,7 @@ def row(i, manufacturer="Straumann", model="BL", diameter=4.1):
 
 
 def insert(db, i, vector, **labels):
-    with db.inserting(row(i, **labels), vector, MODEL) as ref_id:
+    with db.inserting(row(i, **labels), {MODEL: vector}) as ref_id:
         pass
     return ref_id
 
@@ -66,16 +70,134 @@ def test_insert_get_search_returns_exact_copy_first(db):
     assert db.get(ids[0])["manufacturer"] == "Straumann"
 
 
-def test_search_uses_the_per_model_hnsw_index(db):
+@dataclass
+class ExplainedSearch:
+    """A similarity search as PostgreSQL planned it, and the HNSW candidate list size it ran with."""
+
+    plan: dict
+    ef_search: str | None
+
+    def index_scans(self) -> list[str]:
+        """The indexes the plan reads by an Index Scan (an HNSW search is one: ordered by distance)."""
+        def walk(node):
+            if node["Node Type"] == "Index Scan":
+                yield node["Index Name"]
+            for child in node.get("Plans", []):
+                yield from walk(child)
+
+        return list(walk(self.plan))
+
+
+@pytest.fixture
+def explained_searches(monkeypatch) -> list[ExplainedSearch]:
+    """Every similarity search (SQL with <=>) run meanwhile, EXPLAINed just before it runs: the same SQL and
+    parameters on the same connection, inside its transaction, so under the settings it SET LOCAL."""
+    real_execute = psycopg.Cursor.execute
+    seen: list[ExplainedSearch] = []
+
+    def execute(self, query, params=None, **kwargs):
+        text = query.as_string(self.connection) if isinstance(query, sql.Composable) else query
+        if isinstance(text, str) and "<=>" in text:
+            probe = psycopg.Cursor(self.connection)
+            (plan,) = real_execute(probe, "EXPLAIN (FORMAT JSON) " + text, params).fetchone()
+            (ef_search,) = real_execute(probe, "SELECT current_setting('hnsw.ef_search', true)").fetchone()
+            seen.append(ExplainedSearch(plan[0]["Plan"], ef_search))
+        return real_execute(self, query, params, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    return seen
+
+
+def hnsw_index_of(conn, model_id: str) -> str:
+    """The name of the model's one HNSW index (other tests' models have their own)."""
+    [(name,)] = conn.execute("SELECT indexname FROM pg_indexes WHERE indexdef ILIKE '%%using hnsw%%'"
+                             " AND indexdef LIKE %s", (f"%'{model_id}'%",)).fetchall()
+    return name
+
+
+def test_search_uses_the_per_model_hnsw_index(db, explained_searches):
     rng = np.random.default_rng(1)
-    for i in range(20):
-        insert(db, i, unit(rng))
+    vectors = [unit(rng) for _ in range(300)]  # enough that a scan and a sort would cost more (at 20, they do not)
+    ids = [insert(db, i, v) for i, v in enumerate(vectors)]
     with db.connection() as conn:
-        # Other tests' models leave their own indexes: count only this model's.
-        defs = [d for (d,) in conn.execute("SELECT indexdef FROM pg_indexes WHERE indexdef ILIKE '%%hnsw%%'"
-                                           " AND indexdef LIKE %s", (f"%'{MODEL}'%",))]
-        names = defs
-    assert len(names) == 1 and "m='16'" in defs[0].replace(" ", "") and "ef_construction='128'" in defs[0].replace(" ", "")
+        conn.execute("ANALYZE embeddings, reference_implants")  # the statistics autovacuum would have gathered
+        index = hnsw_index_of(conn, MODEL)
+        (indexdef,) = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", (index,)).fetchone()
+    assert "m='16'" in indexdef.replace(" ", "") and "ef_construction='128'" in indexdef.replace(" ", "")
+
+    hits = db.search(vectors[3], MODEL, k=5)
+    assert hits[0]["id"] == ids[3] and len(hits) == 5
+    (search,) = explained_searches
+    assert index in search.index_scans(), search.plan
+    assert search.ef_search == str(DEFAULT_EF_SEARCH)
+
+
+LARGE_MODEL, LARGE_DIM = "test/large-model", 16  # short vectors: cheap to load (the graph build is most of the cost)
+# Every fifth reference Nobel Biocare, the others Straumann: 20,800 Straumann candidates, more than an exact scan takes.
+LARGE_ROWS = EXACT_SEARCH_MAX_ROWS * 5 // 4 + 1_000
+
+
+@pytest.fixture(scope="module")
+def large_db(pg_url):
+    """(Database, vectors, manufacturers, ids) of a database of its own: LARGE_ROWS references of one model loaded
+    with COPY, indexed, analysed as autovacuum would; dropped at the end of the module."""
+    name = f"raiox_large_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = make_conninfo(pg_url, dbname=name)
+    database = None
+    try:
+        migrate(url)
+        rng = np.random.default_rng(13)
+        vectors = rng.standard_normal((LARGE_ROWS, LARGE_DIM)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        with psycopg.connect(url) as conn:
+            refs = conn.execute(
+                "INSERT INTO reference_implants (manufacturer, model, diameter_mm, source_filename, sha256, object_key,"
+                " width, height, source) SELECT CASE WHEN g %% 5 = 0 THEN 'Nobel Biocare' ELSE 'Straumann' END, 'BL', 4.1,"
+                " 'f' || g || '.png', lpad(to_hex(g), 64, '0'), 'referencia/' || g || '.png', 100, 100, 'synthetic'"
+                " FROM generate_series(1, %s) g ORDER BY g RETURNING id, manufacturer", (LARGE_ROWS,)).fetchall()
+            with conn.cursor().copy("COPY embeddings (reference_id, model_id, dim, embedding) FROM STDIN") as copy:
+                for (ref_id, _), v in zip(refs, vectors):
+                    copy.write_row((ref_id, LARGE_MODEL, LARGE_DIM, "[" + ",".join(map(str, v)) + "]"))
+        database = Database(url, description="large test PostgreSQL")
+        database.ensure_model_index(LARGE_MODEL, LARGE_DIM)  # built over the loaded rows, as a rebuild would
+        with database.connection() as conn:
+            conn.execute("ANALYZE embeddings, reference_implants")
+        yield database, vectors, np.array([m for _, m in refs]), np.array([i for i, _ in refs])
+    finally:
+        if database is not None:
+            database.close()
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_a_filtered_search_of_more_candidates_than_an_exact_scan_takes_uses_the_index(large_db, explained_searches):
+    db, vectors, manufacturers, ids = large_db
+    straumann, nobel = Filters(manufacturer="Straumann"), Filters(manufacturer="Nobel Biocare")
+    assert db.count(nobel) <= EXACT_SEARCH_MAX_ROWS < db.count(straumann)
+    with db.connection() as conn:
+        index = hnsw_index_of(conn, LARGE_MODEL)
+    query, k = unit(np.random.default_rng(14), LARGE_DIM), 10
+
+    def nearest(manufacturer: str) -> set[int]:
+        """The true k nearest of one manufacturer, by brute force."""
+        keep = manufacturers == manufacturer
+        return set(ids[keep][np.argsort(-(vectors[keep] @ query))[:k]].tolist())
+
+    # Above the limit: the HNSW index, with the larger ef_search, still gives k rows, all of the filter's.
+    hits = db.search(query, LARGE_MODEL, k=k, filters=straumann)
+    assert len(hits) == k and {h["manufacturer"] for h in hits} == {"Straumann"}
+    assert len({h["id"] for h in hits} & nearest("Straumann")) >= k - 2  # approximate, but close
+    (search,) = explained_searches
+    assert index in search.index_scans(), search.plan
+    assert search.ef_search == str(FILTERED_EF_SEARCH)
+
+    # At or below the limit: an exact scan, the true nearest, no index.
+    hits = db.search(query, LARGE_MODEL, k=k, filters=nobel)
+    assert len(hits) == k and {h["manufacturer"] for h in hits} == {"Nobel Biocare"}
+    assert {h["id"] for h in hits} == nearest("Nobel Biocare")
+    assert index not in explained_searches[1].index_scans(), explained_searches[1].plan
 
 
 def _index_validity(db) -> list[bool]:
@@ -146,10 +268,10 @@ def test_duplicate_hash_raises_with_existing_id(db):
 def test_failure_inside_insert_block_leaves_no_row(db):
     rng = np.random.default_rng(4)
     with pytest.raises(RuntimeError):
-        with db.inserting(row(1), unit(rng), MODEL):
+        with db.inserting(row(1), {MODEL: unit(rng)}):
             raise RuntimeError("storage failed")
     assert db.count() == 0
-    assert db.stats()["models"] == {}
+    assert db.stats()["embedding_models"] == {}
 
 
 def test_filtered_search_returns_k_results_when_selective(db):
@@ -177,13 +299,13 @@ def test_stats_update_labels_delete_and_match_log(db):
     ref = insert(db, 1, unit(rng))
     db.update_labels(ref, "Zimmer", "TSV", 4.7)
     stats = db.stats()
-    assert stats["references"] == 1 and stats["by_manufacturer"] == {"Zimmer": 1} and stats["models"] == {MODEL: 1}
+    assert stats["references"] == 1 and stats["by_manufacturer"] == {"Zimmer": 1} and stats["embedding_models"] == {MODEL: 1}
     log_id = db.log_match(query_sha256="a" * 64, model_id=MODEL, k=3, filters={}, results=[{"id": ref}],
                           confidence=0.9, confident=True)
     db.set_feedback(log_id, "wrong", "Neodent DRIVE")
     assert db.match_log(log_id)["feedback_label"] == "Neodent DRIVE"
     assert db.delete(ref) == row(1)["object_key"]
-    assert db.stats()["models"] == {}
+    assert db.stats()["embedding_models"] == {}
 
 
 def test_redact_url_hides_password():

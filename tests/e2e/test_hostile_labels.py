@@ -15,6 +15,7 @@ import pytest
 from playwright.sync_api import expect
 
 from raiox_dashboard.widgets import WORD_JOINER
+from raiox_core.images import ImageLimits
 from raiox_core.synthetic import demo_files
 from tests.e2e.test_browser import browser, serve_dashboard, wait_idle  # noqa: F401  (browser: one Chromium)
 
@@ -49,7 +50,7 @@ def hostile_app(tmp_path_factory, port_factory, pg_url, _database, embedder):
     settings = Settings(data_dir=data / "data", database_url=pg_url, pretrained="none", device="cpu")
     images = [d for _, d in demo_files(per_diameter=1)[: len(CORPUS) + 1]]
     sources = [Source.from_bytes(f, d, LabelOverride(m, mo, 3.75)) for (m, mo, f), d in zip([*CORPUS, PLAIN], images)]
-    report = ingest(sources, db=_database, storage=open_storage(settings), embedder=embedder)
+    report = ingest(sources, db=_database, storage=open_storage(settings), embedder=embedder, limits=ImageLimits())
     assert len(report.ingested) == len(sources), report.to_json()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAIOX_")}
     env.update(RAIOX_DATA_DIR=str(data / "data"), RAIOX_DATABASE_URL=pg_url, RAIOX_PRETRAINED="none",

@@ -26,6 +26,7 @@ from pngtools import png_chunk_types, png_with_header
 from raiox_core.images import _pixel_hash
 from raiox_core.ingest import LabelOverride, Source, sources_from_upload
 from raiox_core.storage import REFERENCE_PREFIX, LocalStorage, reference_key
+from tests.ports import free_port
 
 MODEL_ID = "ViT-B-32/untrained"
 # What a patient's X-ray may carry: none of it may reach the database, storage, logs or output.
@@ -288,12 +289,6 @@ def cli(cli_env, tmp_path):
 
 
 # -- services that tests may break --------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class MotoS3:

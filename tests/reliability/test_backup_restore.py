@@ -20,7 +20,8 @@ import pytest
 
 from raiox_core import cli as raiox_cli
 from raiox_core.backup import BackupError, backup, restore
-from raiox_core.catalogue import delete_reference, reembed
+from raiox_core.images import ImageLimits
+from raiox_core.references import delete_reference, reembed
 from raiox_core.db import Database, migrate
 from raiox_core.errors import StorageError
 from raiox_core.ingest import LabelOverride, Source, ingest
@@ -63,7 +64,7 @@ def source_set(db, settings, embedder):
     batch = [Source.from_bytes(n, d) for n, d in FILES]
     batch += [Source.from_bytes(SQL_NAME, encode(picture(700), "PNG"), LabelOverride("<b>Zimmer</b>", "TSV", 4.7)),
               Source.from_bytes("NEODENT_DRIVE_3.5mm_70.dcm", dicom_with_patient(701), None)]
-    assert len(ingest(batch, db=db, storage=storage, embedder=embedder, source="synthetic").ingested) == len(batch)
+    assert len(ingest(batch, db=db, storage=storage, embedder=embedder, source="synthetic", limits=ImageLimits()).ingested) == len(batch)
     assert reembed(db, storage, replace(embedder, model_id=OTHER_MODEL)) == len(batch)
     return storage
 
@@ -72,7 +73,7 @@ def answers(db, embedder, queries) -> list[dict]:
     """The match JSON without database ids (restore assigns new ones)."""
     out = []
     for data in queries:
-        result = match_bytes(data, db=db, embedder=embedder, threshold=0.6, k=5, log=False).to_json()
+        result = match_bytes(data, db=db, embedder=embedder, threshold=0.6, k=5, log=False, limits=ImageLimits()).to_json()
         for m in result["matches"]:
             del m["id"]
         if result["exact_reference"]:  # the answer names the reference by its id
@@ -88,8 +89,7 @@ def rows_by_sha(db) -> dict[str, dict]:
 
 def vectors_by_sha(db, model_id) -> dict[str, list]:
     sha_of = {r["id"]: r["sha256"] for r in db.list(limit=10_000)}
-    return {sha_of[r["id"]]: np.asarray(r["embedding"].to_numpy() if hasattr(r["embedding"], "to_numpy")
-                                        else r["embedding"]).tolist() for r in db.embeddings(model_id)}
+    return {sha_of[r["id"]]: r["embedding"].tolist() for r in db.embeddings(model_id)}
 
 
 def test_round_trip_into_an_empty_database_on_s3_gives_the_same_matches(
@@ -110,7 +110,7 @@ def test_round_trip_into_an_empty_database_on_s3_gives_the_same_matches(
     assert restore(empty_db, s3, path) == {"restored": 0, "skipped": 10, "images_restored": 0}  # idempotent
 
     assert rows_by_sha(empty_db) == rows_by_sha(db)  # labels, names, sizes, source; new ids
-    assert empty_db.stats()["models"] == {MODEL_ID: 10, OTHER_MODEL: 10}
+    assert empty_db.stats()["embedding_models"] == {MODEL_ID: 10, OTHER_MODEL: 10}
     for model_id in (MODEL_ID, OTHER_MODEL):
         assert vectors_by_sha(empty_db, model_id) == vectors_by_sha(db, model_id)  # bit for bit
     assert_consistent(empty_db, s3, model_ids=(MODEL_ID, OTHER_MODEL))
@@ -124,7 +124,9 @@ def test_round_trip_into_an_empty_database_on_s3_gives_the_same_matches(
     assert answers(empty_db, embedder, queries) == before
 
 
-def test_restore_is_all_or_nothing_per_reference_and_resumes(db, source_set, empty_db, settings, tmp_path, monkeypatch):
+def test_restore_is_all_or_nothing_per_transaction_and_resumes(db, source_set, empty_db, settings, tmp_path, monkeypatch):
+    """Restore adds references in bulk transactions (COPY): a failure takes back the whole transaction,
+    rows, vectors and the images it had stored, and running it again restores everything."""
     backup(db, source_set, tmp_path / "b.zip")
     target = open_storage(settings.with_(data_dir=tmp_path / "target"))
     real_put, puts = target.put, []
@@ -138,9 +140,10 @@ def test_restore_is_all_or_nothing_per_reference_and_resumes(db, source_set, emp
     monkeypatch.setattr(target, "put", put_fails_third_time)
     with pytest.raises(StorageError, match="The storage is down."):
         restore(empty_db, target, tmp_path / "b.zip")
-    assert len(assert_consistent(empty_db, target, model_ids=(MODEL_ID, OTHER_MODEL))) == 2  # no half reference
+    assert assert_consistent(empty_db, target, model_ids=(MODEL_ID, OTHER_MODEL)) == []  # nothing half-written
+    assert len(puts) == 3  # two images were stored before the failure: assert_consistent saw them taken back
     monkeypatch.undo()
-    assert restore(empty_db, target, tmp_path / "b.zip") == {"restored": 8, "skipped": 2, "images_restored": 0}
+    assert restore(empty_db, target, tmp_path / "b.zip") == {"restored": 10, "skipped": 0, "images_restored": 0}
     assert len(assert_consistent(empty_db, target, model_ids=(MODEL_ID, OTHER_MODEL))) == 10
 
 

@@ -9,7 +9,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from raiox_core.catalogue import delete_reference
+from raiox_core.images import ImageLimits
+from raiox_core.references import delete_reference
 from raiox_core.ingest import Source, ingest
 from raiox_core.match import match_bytes
 from raiox_core.storage import open_storage
@@ -45,11 +46,11 @@ def test_two_processes_ingesting_overlapping_batches_store_each_image_once(cli_e
 def test_32_concurrent_matches_agree_with_sequential_ones(db, settings, embedder):
     files = labelled_pngs(12, start=300)
     storage = open_storage(settings)
-    ingest([Source.from_bytes(n, d) for n, d in files], db=db, storage=storage, embedder=embedder)
+    ingest([Source.from_bytes(n, d) for n, d in files], db=db, storage=storage, embedder=embedder, limits=ImageLimits())
     queries = [files[i % len(files)][1] for i in range(32)]
 
     def match(data: bytes) -> dict:
-        result = match_bytes(data, db=db, embedder=embedder, threshold=0.6, k=5)
+        result = match_bytes(data, db=db, embedder=embedder, threshold=0.6, k=5, limits=ImageLimits())
         assert result.log_id is not None
         return result.to_json()
 
@@ -86,12 +87,12 @@ def waiting_for_an_image_lock(db) -> bool:
 def test_a_delete_racing_a_reingestion_of_the_same_image_leaves_the_new_reference_its_image(db, settings, embedder):
     storage = open_storage(settings)
     batch = [Source.from_bytes(n, d) for n, d in labelled_pngs(1, start=400)]
-    (first,) = ingest(batch, db=db, storage=storage, embedder=embedder).ingested
+    (first,) = ingest(batch, db=db, storage=storage, embedder=embedder, limits=ImageLimits()).ingested
     slow = SlowDelete(storage)
     with ThreadPoolExecutor(2) as pool:
         deleting = pool.submit(delete_reference, db, slow, first.id)
         assert slow.deleting.wait(120)  # the row is deleted; the delete of its image is under way
-        again = pool.submit(ingest, batch, db=db, storage=slow, embedder=embedder)
+        again = pool.submit(ingest, batch, db=db, storage=slow, embedder=embedder, limits=ImageLimits())
         # Release the delete once the re-ingestion has either finished (the race) or waits for the image.
         deadline = time.monotonic() + 120
         while not (again.done() or waiting_for_an_image_lock(db)):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from contextlib import ExitStack
 
@@ -19,17 +20,17 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import EndpointConnectionError
 
-from raiox_core.catalogue import find_orphans
+from raiox_core.references import find_orphans
 from raiox_core.db import Database, migrate
 from raiox_core.errors import DatabaseUnavailable
-from raiox_core.images import prepare_image
+from raiox_core.images import ImageLimits, prepare_image
 from raiox_core.ingest import Source, ingest
 from raiox_core.storage import REFERENCE_PREFIX, S3Storage, open_storage, reference_key
+from tests.ports import free_port
 from tests.reliability.conftest import (
     SilentEndpoint,
     assert_consistent,
     assert_sentence,
-    free_port,
     labelled_pngs,
     raiox_command,
 )
@@ -73,7 +74,7 @@ def warm_pool(db) -> None:
 
 
 def rerun_finishes_the_batch(db, storage, embedder, files=FILES) -> None:
-    report = ingest(sources(files), db=db, storage=storage, embedder=embedder)
+    report = ingest(sources(files), db=db, storage=storage, embedder=embedder, limits=ImageLimits())
     assert not report.rejected, [i.reason for i in report.rejected]
     rows = assert_consistent(db, storage)
     assert sorted(r["source_filename"] for r in rows) == sorted(name for name, _ in files)
@@ -89,7 +90,7 @@ def test_s3_down_or_hung_before_the_batch(db, embedder, endpoint, s3_endpoint): 
     storage = S3Storage("raiox-refs", "p", endpoint_url=url, timeout_s=1, max_retries=1)
     try:
         start = time.monotonic()
-        report = ingest(sources(), db=db, storage=storage, embedder=embedder)
+        report = ingest(sources(), db=db, storage=storage, embedder=embedder, limits=ImageLimits())
         assert time.monotonic() - start < 30  # one failed put (two tries), not eight
     finally:
         if silent:
@@ -101,7 +102,7 @@ def test_s3_down_or_hung_before_the_batch(db, embedder, endpoint, s3_endpoint): 
 def test_s3_server_stops_in_the_middle_of_a_batch(db, embedder, own_s3, monkeypatch):
     storage = S3Storage(own_s3.bucket, "refs", endpoint_url=own_s3.endpoint, timeout_s=2, max_retries=1)
     put_hook(monkeypatch, storage, after=3, action=own_s3.stop)
-    report = ingest(sources(), db=db, storage=storage, embedder=embedder)
+    report = ingest(sources(), db=db, storage=storage, embedder=embedder, limits=ImageLimits())
     assert_stopped_after_failure(report, 3, "Cannot reach the S3 endpoint")
     monkeypatch.undo()
     own_s3.start()  # the same port and, moto keeping state in memory, the same objects
@@ -115,21 +116,32 @@ def test_s3_times_out_in_the_middle_of_a_batch(db, embedder, own_s3, monkeypatch
     from moto.s3.models import S3Backend
 
     storage = S3Storage(own_s3.bucket, "refs", endpoint_url=own_s3.endpoint, timeout_s=1, max_retries=1)
-    real_put_object, calls, late = S3Backend.put_object, [], []
+    real_put_object, calls, late, finished_late = S3Backend.put_object, [], [], []
+    client_gave_up = threading.Event()
 
     def slow_put_object(self, bucket_name, key_name, *args, **kwargs):
         calls.append(key_name)
-        if len(calls) > 4:  # the fifth request onwards stalls for longer than the client waits
-            late.append(key_name)
-            time.sleep(2.5)
-        return real_put_object(self, bucket_name, key_name, *args, **kwargs)
+        if len(calls) <= 4:
+            return real_put_object(self, bucket_name, key_name, *args, **kwargs)
+        late.append(key_name)  # the fifth request onwards stalls until the client has given up on it
+        client_gave_up.wait(120)
+        try:
+            return real_put_object(self, bucket_name, key_name, *args, **kwargs)
+        finally:
+            finished_late.append(key_name)
 
     monkeypatch.setattr(S3Backend, "put_object", slow_put_object)
-    report = ingest(sources(), db=db, storage=storage, embedder=embedder)
+    try:
+        report = ingest(sources(), db=db, storage=storage, embedder=embedder, limits=ImageLimits())
+    finally:
+        client_gave_up.set()
     assert_stopped_after_failure(report, 4, "Cannot reach the S3 endpoint")
-    time.sleep(3)  # let the stalled requests finish on the server
+    deadline = time.monotonic() + 60
+    while len(finished_late) < len(late):  # the stalled requests finish on the server, after the client left
+        assert time.monotonic() < deadline, "the stalled puts never finished"
+        time.sleep(0.01)
     monkeypatch.undo()
-    timed_out = reference_key(prepare_image(FILES[4][1]).sha256)
+    timed_out = reference_key(prepare_image(FILES[4][1], limits=ImageLimits()).sha256)
     assert {f"refs/{timed_out}"} == set(late)  # two tries of the same put
     assert find_orphans(db, storage, grace_s=0) == [timed_out]
     rerun_finishes_the_batch(db, storage, embedder)
@@ -150,7 +162,7 @@ def test_transient_s3_errors_in_a_batch_are_retried(db, embedder, s3_settings):
         return None
 
     storage._client.meta.events.register("before-send.s3.PutObject", flaky)
-    report = ingest(sources(), db=db, storage=storage, embedder=embedder)
+    report = ingest(sources(), db=db, storage=storage, embedder=embedder, limits=ImageLimits())
     assert len(report.ingested) == len(FILES), [i.reason for i in report.rejected]
     assert len(attempts) > len(FILES)  # some puts were indeed retried
     assert_consistent(db, storage)
@@ -179,7 +191,7 @@ def test_database_connection_lost_in_the_middle_of_a_batch(db, pg_url, settings,
 
     warm_pool(db)  # eight idle connections, all about to die
     put_hook(monkeypatch, storage, after=3, action=cut_every_connection)
-    report = ingest(sources(), db=db, storage=storage, embedder=embedder)
+    report = ingest(sources(), db=db, storage=storage, embedder=embedder, limits=ImageLimits())
     # The fourth image was stored, then its commit failed: its object was taken back.
     assert_stopped_after_failure(report, 3, "Lost the connection to the database")
     assert len(assert_consistent(db, storage)) == 3
@@ -192,7 +204,7 @@ def test_database_stopped_and_restarted_recovers_without_a_restart(own_pg, setti
     db = Database(own_pg.url, description="test PostgreSQL", timeout_s=2)
     storage = open_storage(settings)
     try:
-        assert len(ingest(sources(FILES[:3]), db=db, storage=storage, embedder=embedder).ingested) == 3
+        assert len(ingest(sources(FILES[:3]), db=db, storage=storage, embedder=embedder, limits=ImageLimits()).ingested) == 3
         warm_pool(db)
         own_pg.stop()
         down_since = time.monotonic()
@@ -203,7 +215,7 @@ def test_database_stopped_and_restarted_recovers_without_a_restart(own_pg, setti
             assert time.monotonic() - start < 5  # bounded by the pool timeout, not a hang
             assert_sentence(str(err.value))
         with pytest.raises(DatabaseUnavailable) as err:  # a batch is refused as a whole, in one sentence
-            ingest(sources(), db=db, storage=storage, embedder=embedder)
+            ingest(sources(), db=db, storage=storage, embedder=embedder, limits=ImageLimits())
         assert_sentence(str(err.value))
         assert len(storage.list_keys(REFERENCE_PREFIX)) == 3  # nothing stored while the database was down
         # Stay down long enough for the pool's reconnection backoff to grow past several seconds.
@@ -293,7 +305,7 @@ def test_doctor_repair_during_an_ingestion_spares_its_images(db, settings, embed
         assert raiox_cli.main(["doctor", "--repair"]) == 0  # between this image's put and its commit
 
     monkeypatch.setattr(storage, "put", put_then_repair)
-    report = ingest(sources(FILES[:3]), db=db, storage=storage, embedder=embedder)
+    report = ingest(sources(FILES[:3]), db=db, storage=storage, embedder=embedder, limits=ImageLimits())
     assert len(report.ingested) == 3
     assert len(assert_consistent(db, storage)) == 3
 
@@ -307,7 +319,7 @@ def test_a_reference_whose_image_was_lost_is_reported_and_reingesting_the_image_
     monkeypatch.setenv("RAIOX_DATA_DIR", str(settings.data_dir))
     monkeypatch.setattr(raiox_cli.Session, "embedder", property(lambda self: embedder))
     storage = open_storage(settings)
-    lost = ingest(sources(FILES[:3]), db=db, storage=storage, embedder=embedder).ingested[1]
+    lost = ingest(sources(FILES[:3]), db=db, storage=storage, embedder=embedder, limits=ImageLimits()).ingested[1]
     storage.delete(db.get(lost.id)["object_key"])  # e.g. removed by hand, or by a delete that raced
     in_flight = REFERENCE_PREFIX + "f" * 64 + ".png"
     storage.put(in_flight, b"an image of an ingestion in progress elsewhere")
@@ -327,7 +339,7 @@ def test_a_reference_whose_image_was_lost_is_reported_and_reingesting_the_image_
     assert status == 1 and found["images"] == remedy
     assert found["orphans"] == "0 removed " + young.format("kept") and storage.exists(in_flight)
 
-    (again,) = ingest(sources(FILES[1:2]), db=db, storage=storage, embedder=embedder).duplicates
+    (again,) = ingest(sources(FILES[1:2]), db=db, storage=storage, embedder=embedder, limits=ImageLimits()).duplicates
     assert again.id == lost.id and again.reason == "Its stored image was missing and has been restored from this file."
     storage.delete(in_flight)
     assert len(assert_consistent(db, storage)) == 3

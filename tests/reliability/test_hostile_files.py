@@ -64,7 +64,7 @@ def test_hostile_corpus_through_ingest(db, settings, embedder, corpus):
     # The EXIF orientation was applied: the stored pixels are those of the upright picture.
     rotated = by_name["NEODENT_DRIVE_3.5mm_01.jpg"]
     assert (rotated["width"], rotated["height"]) == (96, 160)
-    assert rotated["sha256"] == prepare_image(_png(corpus.upright)).sha256
+    assert rotated["sha256"] == prepare_image(_png(corpus.upright), limits=ImageLimits()).sha256
 
     # Running the same batch again changes nothing: the same refusals, every image a duplicate.
     again = ingest(corpus.sources()[0], db=db, storage=storage, embedder=embedder, limits=limits)
@@ -123,7 +123,7 @@ _MAGIC = [b"", b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"II*\x00", b"MM\x00*", b"
 def test_random_bytes_through_ingest_are_only_ever_refused(db, settings, embedder, prefix, body, name):
     # A name that parses (or explicit labels), so the bytes, not the name, decide.
     storage = open_storage(settings)
-    report = ingest([Source.from_bytes(name, prefix + body, LABELS)], db=db, storage=storage, embedder=embedder)
+    report = ingest([Source.from_bytes(name, prefix + body, LABELS)], db=db, storage=storage, embedder=embedder, limits=ImageLimits())
     assert [i.status for i in report.items] == ["rejected"]
     assert_sentence(report.items[0].reason)
     assert db.count() == 0 and storage.list_keys("") == []

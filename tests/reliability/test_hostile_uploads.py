@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from raiox_core.images import ImageLimits
 from raiox_core.ingest import Source, ingest
 from tests.app.conftest import STAFF_PASSWORD, app_env, page_test  # noqa: F401  (app_env is a fixture)
 from tests.reliability.conftest import (
@@ -29,7 +30,7 @@ def test_match_page_answers_or_refuses_every_hostile_upload(app_env, db, corpus)
     from raiox_dashboard import resources
 
     references = [Source.from_bytes(n, d) for n, d in labelled_pngs(4, start=800)]
-    ingest(references, db=resources.get_db(), storage=resources.get_storage(), embedder=resources.get_embedder())
+    ingest(references, db=resources.get_db(), storage=resources.get_storage(), embedder=resources.get_embedder(), limits=ImageLimits())
     at = page_test("match").run()
     assert not at.exception
     matched = 0

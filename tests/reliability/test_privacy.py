@@ -27,7 +27,7 @@ def test_patient_data_in_dicom_and_exif_is_never_stored(db, settings, embedder):
         assert any(p.encode() in data for p in PERSONAL)  # the inputs do carry them
     batch = [Source.from_bytes("NEODENT_DRIVE_3.5mm_07.dcm", dicom), Source.from_bytes("NEODENT_DRIVE_3.5mm_08.jpg", jpeg)]
     batch += [Source.from_bytes(n, d) for n, d in labelled_pngs(4, start=500)]
-    assert len(ingest(batch, db=db, storage=storage, embedder=embedder).ingested) == 6
+    assert len(ingest(batch, db=db, storage=storage, embedder=embedder, limits=ImageLimits()).ingested) == 6
 
     # Queries named after the patient, from a DICOM that names them too, with feedback.
     for name, data in [("Maria Silva 1970-01-01.dcm", dicom_with_patient(52)), ("Silva^Maria PID-98765.jpg", jpeg)]:

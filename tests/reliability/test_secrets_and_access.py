@@ -15,9 +15,11 @@ import pytest
 from raiox_core import cli as raiox_cli
 from raiox_core.config import Settings
 from raiox_core.errors import StorageError
+from raiox_core.images import ImageLimits
 from raiox_core.ingest import Source, ingest
 from raiox_core.storage import REFERENCE_PREFIX, open_storage
-from tests.reliability.conftest import free_port, labelled_pngs, raiox_command
+from tests.ports import free_port
+from tests.reliability.conftest import labelled_pngs, raiox_command
 
 DB_PASSWORD = "Db-Pa55word-7Qx"
 AWS_SECRET = "aws/Secret+Key-9Zk"
@@ -35,7 +37,7 @@ def test_ingested_s3_objects_are_private_and_urls_short_lived(db, embedder, s3_s
     storage = open_storage(s3_settings)
     sent: list[dict] = []
     storage._client.meta.events.register("before-send.s3.PutObject", lambda request, **kw: sent.append(dict(request.headers)))
-    report = ingest([Source.from_bytes(n, d) for n, d in labelled_pngs(2)], db=db, storage=storage, embedder=embedder)
+    report = ingest([Source.from_bytes(n, d) for n, d in labelled_pngs(2)], db=db, storage=storage, embedder=embedder, limits=ImageLimits())
     assert len(report.ingested) == 2 and len(sent) == 2
     assert not [h for h in sent if any(k.lower() == "x-amz-acl" for k in h)]  # never asks for a public ACL
 
