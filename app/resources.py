@@ -91,9 +91,9 @@ def get_embedder() -> Embedder:
     return get_model_state().require()
 
 
-def active_model_id() -> str:
+def active_embedding_model() -> str:
     """The model id whose vectors the pages show and search (the untrained one after a demo's fallback)."""
-    return get_model_state().model_id
+    return get_model_state().embedding_model
 
 
 def get_limits() -> ImageLimits:
@@ -140,15 +140,15 @@ def cached_thumbnail(object_key: str, side: int = 160) -> bytes:
 
 
 @st.cache_data(ttl=60, show_spinner=False, max_entries=256)
-def cached_neighbours(reference_id: int, model_id: str, k: int = 6):
+def cached_neighbours(reference_id: int, embedding_model: str, k: int = 6):
     """references.neighbours of one reference, shared by every session for a minute."""
     from raiox_core.references import neighbours
 
-    return neighbours(get_db(), reference_id, model_id, k)
+    return neighbours(get_db(), reference_id, embedding_model, k)
 
 
 @st.cache_data(ttl=60, show_spinner="Loading the reference vectors…", max_entries=2)
-def cached_embeddings(model_id: str):
+def cached_embeddings(embedding_model: str):
     """(labels DataFrame without the vectors, (n, dim) float32 matrix in the same row order) of one model.
 
     One contiguous matrix instead of a list of dicts holding arrays: st.cache_data copies its value on
@@ -157,7 +157,7 @@ def cached_embeddings(model_id: str):
     import numpy as np
     import pandas as pd
 
-    rows = get_db().embeddings(model_id)
+    rows = get_db().embeddings(embedding_model)
     columns = ["id", "manufacturer", "model", "diameter_mm", "source_filename", "object_key", "source"]
     labels = pd.DataFrame([{c: r[c] for c in columns} for r in rows], columns=columns)
     vectors = np.stack([r["embedding"] for r in rows]) if rows else np.empty((0, 0), np.float32)

@@ -54,7 +54,7 @@ def _model_status() -> None:
         st.markdown("**Model**: untrained")
     else:
         st.markdown("**Model**: loaded")
-    st.caption(md_escape(state.model_id))
+    st.caption(md_escape(state.embedding_model))
 
 
 def sidebar() -> bool:
@@ -84,7 +84,7 @@ def missing_vectors_notice(key: str) -> None:
         stats = cached_stats()
     except RaioxError:
         return  # the sidebar says the database is unreachable
-    missing = stats["references"] - stats["embedding_models"].get(state.model_id, 0)
+    missing = stats["references"] - stats["embedding_models"].get(state.embedding_model, 0)
     if missing <= 0:
         return
     if not state.usable:  # nothing can be computed, and `raiox reembed` would fail the same way
@@ -93,7 +93,7 @@ def missing_vectors_notice(key: str) -> None:
         return
     st.warning(
         f"{missing} of {stats['references']} references have no vectors for the active model "
-        f"{md_escape(state.model_id)}, so they cannot be matched or mapped until these are computed: run "
+        f"{md_escape(state.embedding_model)}, so they cannot be matched or mapped until these are computed: run "
         "`raiox reembed` with the same settings, or compute them here (staff).", icon=":material/info:")
     with st.expander("Compute the missing vectors (staff)"):
         if require_staff(f"{key}_reembed") and st.button(f"Compute {missing} vectors", key=f"{key}_reembed_go"):
@@ -111,7 +111,7 @@ def _reembed(embedder) -> None:
         show_error(exc)
         return
     clear_query_caches()
-    st.toast(f"{added} references embedded with {embedder.model_id}.")
+    st.toast(f"{added} references embedded with {embedder.embedding_model}.")
     st.rerun()
 
 

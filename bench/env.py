@@ -96,9 +96,9 @@ class BenchEnv:
         self.db = Database(self.db.pool.conninfo, description="bench PostgreSQL", max_size=4)
         return self.db
 
-    def model_view(self, model_id: str) -> Embedder:
-        """The loaded model under another model_id: its vectors live in their own partition and index."""
-        return replace(self.embedder, model_id=model_id)
+    def model_view(self, embedding_model: str) -> Embedder:
+        """The loaded model under another embedding_model: its vectors live in their own partition and index."""
+        return replace(self.embedder, embedding_model=embedding_model)
 
     # -- bulk data ------------------------------------------------------------------------------------
 
@@ -123,20 +123,20 @@ class BenchEnv:
             cur.execute("SELECT setval(pg_get_serial_sequence('reference_implants', 'id'),"
                         " (SELECT max(id) FROM reference_implants))")
 
-    def copy_vectors(self, model_id: str, ids: np.ndarray, vectors: np.ndarray) -> None:
+    def copy_vectors(self, embedding_model: str, ids: np.ndarray, vectors: np.ndarray) -> None:
         """One model's vectors by binary COPY; the caller builds the index afterwards."""
         with self.db.connection() as conn, conn.cursor() as cur:
-            with cur.copy("COPY embeddings (reference_id, model_id, dim, embedding) FROM STDIN WITH (FORMAT BINARY)") \
+            with cur.copy("COPY embeddings (reference_id, embedding_model, dim, embedding) FROM STDIN WITH (FORMAT BINARY)") \
                     as copy:
                 copy.set_types(["int8", "text", "int4", "vector"])
                 dim = vectors.shape[1]
                 for ref_id, vector in zip(ids.tolist(), vectors):
-                    copy.write_row((ref_id, model_id, dim, vector))
+                    copy.write_row((ref_id, embedding_model, dim, vector))
 
-    def build_index(self, model_id: str, dim: int) -> float:
+    def build_index(self, embedding_model: str, dim: int) -> float:
         """Seconds to build the model's HNSW index over the rows already there, then ANALYZE."""
         start = time.perf_counter()
-        self.db.ensure_model_index(model_id, dim)
+        self.db.ensure_model_index(embedding_model, dim)
         seconds = time.perf_counter() - start
         with self.db.connection() as conn:
             conn.execute("ANALYZE reference_implants")

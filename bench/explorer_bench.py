@@ -15,14 +15,14 @@ def run(env: BenchEnv, sets: ReferenceSets, cold_numba: bool) -> dict:
     cold_numba: give the first process an empty NUMBA_CACHE_DIR, so numba compiles everything (a true
     first start); otherwise it shares the user's numba cache (the quick run, to stay short).
     """
-    model_id = sets.model_ids["small"]
+    embedding_model = sets.embedding_models["small"]
     cache_dir = str(env.root / "projections")
     probe_env = {"RAIOX_DATABASE_URL": env.settings.database_url}
     cold_env = dict(probe_env)
     if cold_numba:
         cold_env["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="raiox-bench-numba-", dir=env.root)
-    cold_wall, cold = run_probe("bench.explorer_probe", [model_id, cache_dir], cold_env, timeout_s=900)
-    warm_wall, warm = run_probe("bench.explorer_probe", [model_id, cache_dir], probe_env, timeout_s=300)
+    cold_wall, cold = run_probe("bench.explorer_probe", [embedding_model, cache_dir], cold_env, timeout_s=900)
+    warm_wall, warm = run_probe("bench.explorer_probe", [embedding_model, cache_dir], probe_env, timeout_s=300)
     if cold["source"] != "computed" or warm["source"] != "disk":
         raise RuntimeError(f"unexpected cache behaviour: cold {cold['source']}, warm {warm['source']}")
     return {

@@ -15,7 +15,7 @@ import sys
 import time
 
 
-def main(model_id: str, cache_dir: str) -> dict:
+def main(embedding_model: str, cache_dir: str) -> dict:
     started = time.perf_counter()
     import numpy as np
     import plotly.express as px
@@ -29,18 +29,18 @@ def main(model_id: str, cache_dir: str) -> dict:
 
     imported = time.perf_counter()
     db = Database(os.environ["RAIOX_DATABASE_URL"], description="bench", max_size=2)
-    rows = db.embeddings(model_id)
+    rows = db.embeddings(embedding_model)
     ids = [r["id"] for r in rows]
     vectors = np.stack([r["embedding"] for r in rows])
     fetched = time.perf_counter()
-    projection = cached_projection(cache_dir, model_id, ids=ids, vectors=vectors, params=ProjectionParams())
+    projection = cached_projection(cache_dir, embedding_model, ids=ids, vectors=vectors, params=ProjectionParams())
     projected = time.perf_counter()
     frame = projection_frame(projection, rows)
     figure = px.scatter(frame, x="x", y="y", color="manufacturer", symbol="model", hover_data=["id", "diameter"])
     payload = figure.to_json()  # what Streamlit serialises and sends to the browser
     rendered = time.perf_counter()
     umap_imported = "umap" in sys.modules  # a warm view reads coordinates only; the reducer waits for a query
-    again = cached_projection(cache_dir, model_id, ids=ids, vectors=vectors, params=ProjectionParams())
+    again = cached_projection(cache_dir, embedding_model, ids=ids, vectors=vectors, params=ProjectionParams())
     memory_s = time.perf_counter() - rendered
     db.close()
     return {

@@ -35,7 +35,7 @@ def _one_at_a_time(files, env: BenchEnv, storage) -> int:
         image = prepare_image(data, ImageLimits())
         vector = embedder.encode_one(image.image)
         new = NewReference.of_image(image, resolve_labels(name), source_filename=name, source="synthetic",
-                                    vectors={embedder.model_id: vector})
+                                    vectors={embedder.embedding_model: vector})
         add(env.db, storage, new)
         stored += 1
     return stored

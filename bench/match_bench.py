@@ -24,11 +24,11 @@ def _stages(env: BenchEnv, embedder, queries: list[bytes], threshold: float) -> 
         t1 = time.perf_counter()
         vector = embedder.encode_one(image.image)
         t2 = time.perf_counter()
-        rows = env.db.search(vector, embedder.model_id, k=VOTE_POOL)
+        rows = env.db.search(vector, embedder.embedding_model, k=VOTE_POOL)
         t3 = time.perf_counter()
         neighbours = [Neighbour.from_row(r) for r in rows]
         makers, _ = vote(neighbours)
-        env.db.log_match(query_sha256=image.sha256, model_id=embedder.model_id, k=3, filters={}, results=[],
+        env.db.log_match(query_sha256=image.sha256, embedding_model=embedder.embedding_model, k=3, filters={}, results=[],
                          confidence=makers[0].probability, confident=makers[0].probability >= threshold)
         t4 = time.perf_counter()
         for name, seconds in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
@@ -42,7 +42,7 @@ def run(env: BenchEnv, sets: ReferenceSets, query_files: list[bytes], n_queries:
     threshold = env.settings.match_threshold
     out = []
     for key in ("small", "large"):
-        embedder = env.model_view(sets.model_ids[key])
+        embedder = env.model_view(sets.embedding_models[key])
         queries = [query_files[i % len(query_files)] for i in range(n_queries)]
         for data in queries[:WARMUP]:
             match_bytes(data, db=env.db, embedder=embedder, threshold=threshold, limits=ImageLimits())

@@ -52,7 +52,7 @@ def main(query_dir: str, matches: int) -> dict:
     db.stats()
     db.list(limit=100)
     _mark(marks, "after_matches")
-    rows = db.embeddings(embedder.model_id)  # the explorer's data: every reference with its vector
+    rows = db.embeddings(embedder.embedding_model)  # the explorer's data: every reference with its vector
     matrix = np.stack([r["embedding"] for r in rows])
     _mark(marks, "explorer_matrix")
     del rows

@@ -1,7 +1,7 @@
 """Reference sets for the search, match, explorer and memory sections, loaded by binary COPY.
 
 One set of fully labelled reference rows (ids 1..n_large) carries three vector partitions, each its own
-model_id with its own HNSW index, built after loading (then ANALYZE), as a bulk import should be:
+embedding_model with its own HNSW index, built after loading (then ANALYZE), as a bulk import should be:
 - the loaded model's id over all rows ("clustered" vectors): what match_bytes searches at n_large;
 - `<model id>#<n_small>` over the first n_small rows (the same vectors): match and explorer at n_small;
 - "bench/uniform" over all rows (random directions): the worst case for recall.
@@ -28,7 +28,7 @@ class ReferenceSets:
     n_large: int
     labels: data.Labels
     clusters: data.ClusterModel
-    model_ids: dict[str, str]  # "small" / "large" / "uniform" -> model_id
+    embedding_models: dict[str, str]  # "small" / "large" / "uniform" -> embedding_model
     vectors: dict[str, np.ndarray]  # the same keys -> (n, 512) as stored
     figures: dict = field(default_factory=dict)
 
@@ -42,10 +42,10 @@ def load(env: BenchEnv, n_small: int, n_large: int, seed: int = 7) -> ReferenceS
     labels = data.labels(n_large, seed)
     clusters = data.ClusterModel.make(seed)
     clustered = clusters.sample(labels.model, seed + 1)
-    model_id = env.embedder.model_id
+    embedding_model = env.embedder.embedding_model
     sets = ReferenceSets(
         n_small, n_large, labels, clusters,
-        model_ids={"small": f"{model_id}#{n_small}", "large": model_id, "uniform": UNIFORM_MODEL_ID},
+        embedding_models={"small": f"{embedding_model}#{n_small}", "large": embedding_model, "uniform": UNIFORM_MODEL_ID},
         vectors={"small": clustered[:n_small], "large": clustered, "uniform": data.uniform(n_large, seed + 2)},
     )
     ids = np.arange(1, n_large + 1)
@@ -55,24 +55,24 @@ def load(env: BenchEnv, n_small: int, n_large: int, seed: int = 7) -> ReferenceS
     sets.figures["copy_references_s"] = round(time.perf_counter() - start, 2)
     for key in ("small", "large", "uniform"):
         start = time.perf_counter()
-        env.copy_vectors(sets.model_ids[key], ids[: sets.size(key)], sets.vectors[key])
+        env.copy_vectors(sets.embedding_models[key], ids[: sets.size(key)], sets.vectors[key])
         copied = time.perf_counter() - start
-        built = env.build_index(sets.model_ids[key], data.DIM)
+        built = env.build_index(sets.embedding_models[key], data.DIM)
         sets.figures[key] = {"vectors": sets.size(key), "kind": "uniform" if key == "uniform" else "clustered",
                              "copy_s": round(copied, 2), "copy_rows_per_s": round(sets.size(key) / copied),
                              "hnsw_build_s": round(built, 2)}
-        sets.figures[key]["hnsw_index_mb"] = _index_mb(env, sets.model_ids[key])
+        sets.figures[key]["hnsw_index_mb"] = _index_mb(env, sets.embedding_models[key])
     with env.db.connection() as conn:
         table = conn.execute("SELECT pg_total_relation_size('embeddings')").fetchone()[0]
     sets.figures["embeddings_table_mb"] = round(table / 2**20, 1)  # heap + TOAST + btree, all partitions
     return sets
 
 
-def _index_mb(env: BenchEnv, model_id: str) -> float:
-    """Size of the model's partial HNSW index (found by the model_id literal in its predicate)."""
+def _index_mb(env: BenchEnv, embedding_model: str) -> float:
+    """Size of the model's partial HNSW index (found by the embedding_model literal in its predicate)."""
     with env.db.connection() as conn:
         (size,) = conn.execute(
             "SELECT sum(pg_relation_size(format('%%I', indexname)::regclass)) FROM pg_indexes"
             " WHERE tablename = 'embeddings' AND indexdef ILIKE '%% hnsw %%' AND indexdef LIKE %s",
-            (f"%'{model_id}'%",)).fetchone()
+            (f"%'{embedding_model}'%",)).fetchone()
     return round(float(size or 0) / 2**20, 1)

@@ -103,7 +103,7 @@ def run_bench(settings: Settings, quick: bool = False, json_path: str | None = N
         from raiox_core import db as dbmod
 
         report["settings"] = {
-            "model": env.settings.model, "model_id": env.embedder.model_id, "device": env.embedder.device,
+            "model": env.settings.model, "embedding_model": env.embedder.embedding_model, "device": env.embedder.device,
             "torch_threads": torch.get_num_threads(), "hnsw_m": dbmod.HNSW_M,
             "hnsw_ef_construction": dbmod.HNSW_EF_CONSTRUCTION, "ef_search_default": dbmod.DEFAULT_EF_SEARCH,
             "exact_search_max_rows": dbmod.EXACT_SEARCH_MAX_ROWS, **{f"pg_{k}": v for k, v in db_facts.items()},

@@ -20,11 +20,11 @@ K = 10
 EF_SEARCH = (20, 40, 60, 80, 100, 200, 400)  # 20/40/100 asked for; the rest show where recall reaches 0.98
 
 
-def _run_queries(db, model_id: str, queries: np.ndarray, **kwargs) -> tuple[list[list[int]], list[float]]:
+def _run_queries(db, embedding_model: str, queries: np.ndarray, **kwargs) -> tuple[list[list[int]], list[float]]:
     ids, seconds = [], []
     for q in queries:
         start = time.perf_counter()
-        rows = db.search(q, model_id, k=K, **kwargs)
+        rows = db.search(q, embedding_model, k=K, **kwargs)
         seconds.append(time.perf_counter() - start)
         ids.append([r["id"] for r in rows])
     return ids, seconds
@@ -34,19 +34,19 @@ def _recall(found: list[list[int]], truth: list[list[int]]) -> float:
     return float(np.mean([len(set(f) & set(t)) / max(1, len(t)) for f, t in zip(found, truth)]))
 
 
-def _partition(db, model_id: str, queries: np.ndarray, ef_values: tuple[int, ...]) -> dict:
-    truth, exact_s = _run_queries(db, model_id, queries, exact=True)
+def _partition(db, embedding_model: str, queries: np.ndarray, ef_values: tuple[int, ...]) -> dict:
+    truth, exact_s = _run_queries(db, embedding_model, queries, exact=True)
     out = {"exact": summarize(exact_s), "hnsw": {}}
     for ef in ef_values:
-        found, seconds = _run_queries(db, model_id, queries, ef_search=ef)
+        found, seconds = _run_queries(db, embedding_model, queries, ef_search=ef)
         out["hnsw"][str(ef)] = {"recall_at_10": round(_recall(found, truth), 4), **summarize(seconds)}
     return out
 
 
-def _filtered(db, model_id: str, queries: np.ndarray, filters: Filters, total: int) -> dict:
+def _filtered(db, embedding_model: str, queries: np.ndarray, filters: Filters, total: int) -> dict:
     """Default search path with a filter: must still return k rows, with recall against exact."""
-    truth, exact_s = _run_queries(db, model_id, queries, filters=filters, exact=True)
-    found, seconds = _run_queries(db, model_id, queries, filters=filters)
+    truth, exact_s = _run_queries(db, embedding_model, queries, filters=filters, exact=True)
+    found, seconds = _run_queries(db, embedding_model, queries, filters=filters)
     candidates = db.count(filters)
     return {
         "filter": filters.active(), "candidate_rows": candidates, "share": round(candidates / total, 3),
@@ -63,11 +63,11 @@ def run(db, sets: ReferenceSets, n_queries: int, seed: int = 11) -> dict:
     queries = {"clustered": sets.clusters.sample(query_labels.model, seed + 1),
                "uniform": data.uniform(n_queries, seed + 2)}
     out = {"k": K, "vectors": sets.n_large, "queries": n_queries,
-           "clustered": _partition(db, sets.model_ids["large"], queries["clustered"], EF_SEARCH),
-           "uniform": _partition(db, sets.model_ids["uniform"], queries["uniform"], EF_SEARCH)}
+           "clustered": _partition(db, sets.embedding_models["large"], queries["clustered"], EF_SEARCH),
+           "uniform": _partition(db, sets.embedding_models["uniform"], queries["uniform"], EF_SEARCH)}
     # One manufacturer of eight (about 1/8 of the rows) and a wider diameter filter (about 1/3): at 100k
     # the first takes the exact path and the second the HNSW path with a raised ef_search.
-    large = sets.model_ids["large"]
+    large = sets.embedding_models["large"]
     out["filtered"] = {
         "one_manufacturer_of_8": _filtered(db, large, queries["clustered"],
                                            Filters(manufacturer=data.MANUFACTURERS[0]), sets.n_large),

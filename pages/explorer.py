@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from raiox_dashboard.resources import (
-    active_model_id, cached_embeddings, get_db, get_embedder, get_limits, get_model_state, get_settings, get_storage,
+    active_embedding_model, cached_embeddings, get_db, get_embedder, get_limits, get_model_state, get_settings, get_storage,
 )
 from raiox_dashboard.widgets import md_escape, missing_vectors_notice, plot_text, session_memo, show_error
 from raiox_core.errors import RaioxError
@@ -65,7 +65,7 @@ def _thumbnail(object_key: str) -> bytes:
     return thumbnail_png(get_storage().get(object_key), side=200, limits=get_limits())
 
 
-def _embed_query(upload, model_id: str) -> tuple[np.ndarray, bytes]:
+def _embed_query(upload, embedding_model: str) -> tuple[np.ndarray, bytes]:
     """(unit vector, thumbnail) of an uploaded X-ray, once per upload and model in this browser session.
 
     A session memo, not st.cache_data: that cache is shared by every user of the server, and an uploaded
@@ -75,16 +75,16 @@ def _embed_query(upload, model_id: str) -> tuple[np.ndarray, bytes]:
         with st.spinner("Embedding the X-ray…"):
             prepared = prepare_image(upload.getvalue(), get_limits())
             embedder = get_embedder()
-            if embedder.model_id != model_id:
-                raise RaioxError(f"The loaded model is {embedder.model_id}, but the map shows {model_id}; "
+            if embedder.embedding_model != embedding_model:
+                raise RaioxError(f"The loaded model is {embedder.embedding_model}, but the map shows {embedding_model}; "
                                  "reload the page.")
             return embedder.encode_one(prepared.image), thumbnail_png(prepared.png, side=200, limits=get_limits())
 
-    return session_memo("explorer_query_embedding", (upload.file_id, model_id), compute)
+    return session_memo("explorer_query_embedding", (upload.file_id, embedding_model), compute)
 
 
 @st.cache_data(max_entries=4, show_spinner="Evaluating the clusters (leave-one-out)…")
-def _evaluation(model_id: str, digest: str, labels: pd.DataFrame, _vectors: np.ndarray) -> Evaluation:
+def _evaluation(embedding_model: str, digest: str, labels: pd.DataFrame, _vectors: np.ndarray) -> Evaluation:
     # The vectors are keyed by their digest (hashing the matrix again would be slow); labels by value.
     return evaluate(_vectors, labels["manufacturer"].tolist(), labels["model"].tolist(), labels["id"].tolist())
 
@@ -169,13 +169,13 @@ def _confusion_heatmap(cm: pd.DataFrame, title: str) -> None:
 
 st.title("Embedding explorer")
 settings = get_settings()
-model_id = active_model_id()  # the untrained id after a demo's fallback: the vectors that exist
-st.caption(f"How the reference implants cluster in the vector space of `{model_id}`. Only this model's vectors "
+embedding_model = active_embedding_model()  # the untrained id after a demo's fallback: the vectors that exist
+st.caption(f"How the reference implants cluster in the vector space of `{embedding_model}`. Only this model's vectors "
            "are shown; each point is one reference.")
 
 missing_vectors_notice("explorer")
 try:
-    labels, vectors = cached_embeddings(model_id)
+    labels, vectors = cached_embeddings(embedding_model)
 except RaioxError as exc:
     show_error(exc)
     st.stop()
@@ -184,7 +184,7 @@ if len(labels) < MIN_REFERENCES:
     if not get_model_state().usable:
         st.stop()  # the notice above says why nothing can be shown: advice to add references would mislead
     st.info(
-        f"The explorer needs at least {MIN_REFERENCES} references with `{model_id}` vectors; there "
+        f"The explorer needs at least {MIN_REFERENCES} references with `{embedding_model}` vectors; there "
         f"{'is' if len(labels) == 1 else 'are'} {len(labels)}. Add labelled X-rays on the **Ingest** page (staff) "
         "or with `raiox ingest PATH…`; `raiox demo --no-app` seeds a synthetic set, and `raiox reembed` computes "
         "this model's vectors for references stored under another model."
@@ -194,7 +194,7 @@ if len(labels) < MIN_REFERENCES:
 params = _controls()
 progress = _Progress()
 try:
-    projection = cached_projection(settings.data_dir / "projections", model_id, ids=labels["id"].to_numpy(),
+    projection = cached_projection(settings.data_dir / "projections", embedding_model, ids=labels["id"].to_numpy(),
                                    vectors=vectors, params=params, progress=progress)
 except RaioxError as exc:
     show_error(exc)
@@ -225,8 +225,8 @@ with side_col:
         st.session_state.pop("explorer_query_embedding", None)  # removing the file forgets what came of it
     else:
         try:
-            query_vector, query_thumb = _embed_query(upload, model_id)
-            neighbours = get_db().search(query_vector, model_id, k=k)
+            query_vector, query_thumb = _embed_query(upload, embedding_model)
+            neighbours = get_db().search(query_vector, embedding_model, k=k)
             with st.spinner("Placing the X-ray on the map…"):
                 query_xy = projection.transform(query_vector)[0]
         except RaioxError as exc:
@@ -277,7 +277,7 @@ st.caption(
     "**silhouette** from -1 to 1 (higher: better separated). `*_model` columns score the exact model."
 )
 try:
-    evaluation = _evaluation(model_id, vectors_digest(labels["id"].to_numpy(), vectors),
+    evaluation = _evaluation(embedding_model, vectors_digest(labels["id"].to_numpy(), vectors),
                              labels[["id", "manufacturer", "model"]], vectors)
 except RaioxError as exc:
     show_error(exc)

@@ -14,7 +14,7 @@ import streamlit as st
 
 from raiox_dashboard.auth import require_staff, sign_out_button
 from raiox_dashboard.resources import (
-    active_model_id,
+    active_embedding_model,
     cached_neighbours,
     cached_reference_count,
     cached_reference_list,
@@ -128,11 +128,11 @@ def gallery(query: dict, total: int) -> None:
 
 
 def neighbours(reference_id: int) -> None:
-    model_id = active_model_id()
+    embedding_model = active_embedding_model()
     st.markdown("**Nearest references** (cosine similarity of the stored vectors)")
-    found = cached_neighbours(reference_id, model_id, NEIGHBOURS)
+    found = cached_neighbours(reference_id, embedding_model, NEIGHBOURS)
     if found is None:
-        st.info(f"This reference has no vector for the model {model_id} yet: run `raiox reembed`.")
+        st.info(f"This reference has no vector for the model {embedding_model} yet: run `raiox reembed`.")
         return
     if not found:
         st.caption("No other references yet.")

@@ -1,10 +1,10 @@
-"""Backup and restore: references, their vectors (every model_id) and images in one portable zip archive.
+"""Backup and restore: references, their vectors (every embedding_model) and images in one portable zip archive.
 
 Archive layout (format "raiox-backup", version 1), readable with any zip tool, json and numpy:
-  manifest.json        format, version, created_at, counts, one entry per model_id, and missing_images: the
+  manifest.json        format, version, created_at, counts, one entry per embedding_model, and missing_images: the
                        references left out because their stored image was missing (labels, sha256, old id)
   references.jsonl     one reference per line: labels, file name, sha256, size, source; line n is reference n
-  vectors/NNN.npy      float32 (count, dim) of one model_id; vectors/NNN.refs.npy: int32 line numbers
+  vectors/NNN.npy      float32 (count, dim) of one embedding_model; vectors/NNN.refs.npy: int32 line numbers
   images/<sha256>.png  the stored, normalised image
 No pg_dump and no database ids: restore works into the embedded or an external PostgreSQL, any storage,
 and assigns new ids. Restore checks the whole archive first (every member inflated only as far as it can
@@ -71,8 +71,8 @@ def _snapshot(db: Database) -> tuple[list[dict], dict[str, list[dict]]]:
         cur = conn.cursor(row_factory=dict_row)
         cur.execute(queries["list-references"], {**Filters().params(), "limit": None, "offset": 0})
         references = cur.fetchall()
-        model_ids = [r["model_id"] for r in cur.execute(queries["count-by-model-id"]).fetchall()]
-        vectors = {m: cur.execute(queries["embeddings-for-model"], {"model_id": m}).fetchall() for m in model_ids}
+        embedding_models = [r["embedding_model"] for r in cur.execute(queries["count-by-embedding-model"]).fetchall()]
+        vectors = {m: cur.execute(queries["embeddings-for-model"], {"embedding_model": m}).fetchall() for m in embedding_models}
     return references, vectors
 
 
@@ -107,14 +107,15 @@ def backup(db: Database, storage: Storage, path: Path, progress: Progress | None
                     progress(done, total, "images")
             line_of = {r["id"]: n for n, r in enumerate(kept)}
             models = []
-            for model_id, rows in sorted(by_model.items()):
+            for embedding_model, rows in sorted(by_model.items()):
                 rows = [r for r in rows if r["id"] in line_of]
                 if not rows:
                     continue
                 number = len(models)
                 matrix = np.stack([r["embedding"] for r in rows])
                 refs = np.array([line_of[r["id"]] for r in rows], dtype=np.int32)
-                entry = {"model_id": model_id, "dim": int(matrix.shape[1]), "count": len(rows),
+                entry = {"model_id": embedding_model,  # the archive format's name (version 1)
+                         "dim": int(matrix.shape[1]), "count": len(rows),
                          "vectors": f"vectors/{number:03d}.npy", "refs": f"vectors/{number:03d}.refs.npy"}
                 archive.writestr(entry["vectors"], _npy(matrix))
                 archive.writestr(entry["refs"], _npy(refs))
@@ -276,7 +277,7 @@ def _reading(archive: zipfile.ZipFile, member: str, cap: int, name: str):
 
 
 def _read_archive(archive: zipfile.ZipFile, name: str) -> tuple[list[dict], list[dict[str, np.ndarray]]]:
-    """Validated references and, per reference, {model_id: vector}; BackupError naming the first problem."""
+    """Validated references and, per reference, {embedding_model: vector}; BackupError naming the first problem."""
 
     def damaged(detail: str) -> BackupError:
         return _damaged(name, detail)
@@ -311,9 +312,9 @@ def _read_archive(archive: zipfile.ZipFile, name: str) -> tuple[list[dict], list
     if not isinstance(models, list):
         raise damaged(f"{MANIFEST} has no list of models")
     for entry in models:
-        model_id, matrix, refs = _read_model(archive, entry, len(references), name)
+        embedding_model, matrix, refs = _read_model(archive, entry, len(references), name)
         for line, vector in zip(refs.tolist(), matrix):
-            vectors[line][model_id] = vector
+            vectors[line][embedding_model] = vector
     if sum(len(v) for v in vectors) != counts.get("vectors"):
         raise damaged(f"{MANIFEST} counts {counts.get('vectors')!r} vectors, the archive holds {sum(len(v) for v in vectors)}")
     without = [r["sha256"] for r, v in zip(references, vectors) if not v]
@@ -362,7 +363,7 @@ def _check_record(record) -> dict:
 
 
 def _read_model(archive: zipfile.ZipFile, entry, n_references: int, name: str) -> tuple[str, np.ndarray, np.ndarray]:
-    """(model_id, float32 (count, dim) matrix, line numbers) of one manifest model entry, checked.
+    """(embedding_model, float32 (count, dim) matrix, line numbers) of one manifest model entry, checked.
 
     Both files are read only as far as `count` vectors of `dim` floats (and `count` line numbers) go.
     """
@@ -371,14 +372,14 @@ def _read_model(archive: zipfile.ZipFile, entry, n_references: int, name: str) -
         return _damaged(name, detail)
 
     try:
-        model_id, dim, count, vectors, refs_name = (entry[k] for k in ("model_id", "dim", "count", "vectors", "refs"))
+        embedding_model, dim, count, vectors, refs_name = (entry[k] for k in ("model_id", "dim", "count", "vectors", "refs"))
     except (KeyError, TypeError):
         raise damaged("a model entry cannot be read") from None
-    if not isinstance(model_id, str) or not model_id or type(dim) is not int or not 0 < dim <= MAX_DIM:
-        raise damaged("a model entry has no valid model_id or dimension")
+    if not isinstance(embedding_model, str) or not embedding_model or type(dim) is not int or not 0 < dim <= MAX_DIM:
+        raise damaged("a model entry has no valid embedding_model or dimension")
     if type(count) is not int or not 0 <= count <= n_references or not isinstance(vectors, str) \
             or not isinstance(refs_name, str):
-        raise damaged(f"the entry of {model_id} names no valid count or files")
+        raise damaged(f"the entry of {embedding_model} names no valid count or files")
     info = archive.getinfo(vectors) if vectors in archive.namelist() else None
     if info is not None and info.file_size > MAX_VECTOR_RATIO * info.compress_size + NPY_HEADER_BYTES:
         raise damaged(f"{vectors[:80]!r} is implausibly large")
@@ -386,11 +387,11 @@ def _read_model(archive: zipfile.ZipFile, entry, n_references: int, name: str) -
         matrix = np.load(io.BytesIO(_member(archive, vectors, count * dim * 4 + NPY_HEADER_BYTES, name)), allow_pickle=False)
         refs = np.load(io.BytesIO(_member(archive, refs_name, count * 8 + NPY_HEADER_BYTES, name)), allow_pickle=False)
     except (ValueError, OSError, EOFError):
-        raise damaged(f"the vector files of {model_id} cannot be read") from None
+        raise damaged(f"the vector files of {embedding_model} cannot be read") from None
     if matrix.dtype.kind != "f" or matrix.shape != (count, dim) or not np.isfinite(matrix).all():
-        raise damaged(f"the vectors of {model_id} are not {count} finite {dim}-dimensional vectors")
+        raise damaged(f"the vectors of {embedding_model} are not {count} finite {dim}-dimensional vectors")
     if refs.dtype.kind not in "iu" or refs.shape != (count,) or len(np.unique(refs)) != count or (
         count and not (0 <= refs.min() and refs.max() < n_references)
     ):
-        raise damaged(f"the vectors of {model_id} point to references that are not in the archive")
-    return model_id, matrix.astype(np.float32, copy=False), refs
+        raise damaged(f"the vectors of {embedding_model} point to references that are not in the archive")
+    return embedding_model, matrix.astype(np.float32, copy=False), refs

@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=_int_between(1, MAX_LIST), default=1000)
     s.add_argument("--json", action="store_true")
 
-    s = sub.add_parser("stats", help="counts per manufacturer and per model_id")
+    s = sub.add_parser("stats", help="counts per manufacturer and vectors per embedding model")
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("delete", help="delete references and their images")
@@ -126,7 +126,7 @@ class Session:
             state = load_model_state(self.settings)
             self._embedder = state.require()
             if state.status == UNTRAINED:
-                _err(f"warning: UNTRAINED weights ({state.model_id}); matches are not meaningful. {state.reason}")
+                _err(f"warning: UNTRAINED weights ({state.embedding_model}); matches are not meaningful. {state.reason}")
         return self._embedder
 
     @property
@@ -193,7 +193,7 @@ def cmd_match(args, s: Session) -> int:
 
 
 def _print_match(result) -> None:
-    print(f"{shown(result.file)}: {shown(result.summary)} (model {shown(result.model_id)})")
+    print(f"{shown(result.file)}: {shown(result.summary)} (model {shown(result.embedding_model)})")
     for rank, m in enumerate(result.matches, 1):
         print(f"  {rank}. #{m.id} {shown(m.manufacturer)} {shown(m.model)} {m.diameter_mm:g} mm  "
               f"similarity {m.similarity:.1%}  {shown(m.source_filename)}")
@@ -223,8 +223,8 @@ def cmd_stats(args, s: Session) -> int:
         print(f"{stats['references']} references")
         for name, n in stats["by_manufacturer"].items():
             print(f"  {shown(name)}: {n}")
-        for model_id, n in stats["embedding_models"].items():
-            print(f"  vectors {shown(model_id)}: {n}")
+        for embedding_model, n in stats["embedding_models"].items():
+            print(f"  vectors {shown(embedding_model)}: {n}")
     return EXIT_OK
 
 
@@ -262,7 +262,7 @@ def cmd_doctor(args, s: Session) -> int:
 
     check("database", lambda: f"{s.db.description}, pgvector {s.db.pgvector_version()}")
     check("storage", lambda: (s.storage.check_writable(), f"{s.storage.description} (writable)")[1])
-    check("model", lambda: f"{s.embedder.model_id} on {s.embedder.device}, {_precision(s.embedder)}"
+    check("model", lambda: f"{s.embedder.embedding_model} on {s.embedder.device}, {_precision(s.embedder)}"
                            + ("" if s.embedder.trained else " (UNTRAINED)"))
     if checks[0][1]:
         check("vectors", lambda: ", ".join(f"{m}: {n}" for m, n in s.db.stats()["embedding_models"].items()) or "none yet")
@@ -331,7 +331,7 @@ def cmd_reembed(args, s: Session) -> int:
 
     s.settings = s.settings.with_(model=args.model or s.settings.model, pretrained=args.pretrained or s.settings.pretrained)
     added = reembed(s.db, s.storage, s.embedder, progress=lambda d, t: _progress(d, t, "embedding"))
-    print(f"{added} references embedded with {s.embedder.model_id}")
+    print(f"{added} references embedded with {s.embedder.embedding_model}")
     return EXIT_OK
 
 

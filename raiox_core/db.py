@@ -44,8 +44,8 @@ FILTERED_EF_SEARCH = 400
 PGVECTOR_HNSW_DEFAULTS = {"m": 16, "ef_construction": 64}  # what an index built without WITH (...) has
 
 
-def _index_name(model_id: str) -> str:
-    return "embeddings_hnsw_" + hashlib.sha256(model_id.encode()).hexdigest()[:16]
+def _index_name(embedding_model: str) -> str:
+    return "embeddings_hnsw_" + hashlib.sha256(embedding_model.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -200,50 +200,50 @@ class Database:
 
     # -- schema -----------------------------------------------------------------------------------
 
-    def ensure_model_index(self, model_id: str, dim: int) -> None:
-        """One partial HNSW cosine index per model_id, so searches of one model never wade through another's."""
-        if model_id in self._indexed_models:
+    def ensure_model_index(self, embedding_model: str, dim: int) -> None:
+        """One partial HNSW cosine index per embedding_model, so searches of one model never wade through another's."""
+        if embedding_model in self._indexed_models:
             return
-        name = _index_name(model_id)
+        name = _index_name(embedding_model)
         with self.connection() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             conn.execute(
                 sql.SQL(
                     "CREATE INDEX IF NOT EXISTS {name} ON embeddings USING hnsw ((embedding::vector({dim}))"
-                    " vector_cosine_ops) WITH (m = {m}, ef_construction = {ef}) WHERE model_id = {model_id}"
+                    " vector_cosine_ops) WITH (m = {m}, ef_construction = {ef}) WHERE embedding_model = {embedding_model}"
                 ).format(
                     name=sql.Identifier(name), dim=sql.Literal(dim), m=sql.Literal(HNSW_M),
-                    ef=sql.Literal(HNSW_EF_CONSTRUCTION), model_id=sql.Literal(model_id),
+                    ef=sql.Literal(HNSW_EF_CONSTRUCTION), embedding_model=sql.Literal(embedding_model),
                 )
             )
         with self._lock:
-            self._indexed_models.add(model_id)
+            self._indexed_models.add(embedding_model)
 
-    def index_params(self, model_id: str) -> dict[str, int] | None:
+    def index_params(self, embedding_model: str) -> dict[str, int] | None:
         """The model's HNSW index build parameters ({"m", "ef_construction"}), or None if it has no index."""
         with self.connection() as conn:
             row = conn.execute("SELECT reloptions FROM pg_class WHERE relname = %s AND relkind = 'i'",
-                               (_index_name(model_id),)).fetchone()
+                               (_index_name(embedding_model),)).fetchone()
         if row is None:
             return None
         given = dict(option.split("=", 1) for option in row[0] or [])
         return {key: int(given.get(key, default)) for key, default in PGVECTOR_HNSW_DEFAULTS.items()}
 
     def outdated_indexes(self) -> dict[str, dict[str, int]]:
-        """model_id -> build parameters of each index built with other parameters than HNSW_PARAMS (an
+        """embedding_model -> build parameters of each index built with other parameters than HNSW_PARAMS (an
         index is never rebuilt on its own: an older database keeps its graph until `rebuild_index`)."""
-        found = {r["model_id"]: self.index_params(r["model_id"]) for r in self.query("count-by-model-id")}
-        return {model_id: params for model_id, params in found.items() if params and params != HNSW_PARAMS}
+        found = {r["embedding_model"]: self.index_params(r["embedding_model"]) for r in self.query("count-by-embedding-model")}
+        return {embedding_model: params for embedding_model, params in found.items() if params and params != HNSW_PARAMS}
 
-    def rebuild_index(self, model_id: str) -> None:
+    def rebuild_index(self, embedding_model: str) -> None:
         """Rebuild the model's index with the current parameters; searches and inserts go on meanwhile.
 
         The parameters are set on the index first (REINDEX builds with them) and put back if the rebuild
         fails, so `index_params` never claims a graph that was not built.
         """
-        index = _index_name(model_id)
+        index = _index_name(embedding_model)
         name = sql.Identifier(index)
-        before = self.index_params(model_id)
+        before = self.index_params(embedding_model)
 
         def set_params(conn, params: dict[str, int]) -> None:
             conn.execute(sql.SQL("ALTER INDEX {} SET (m = {}, ef_construction = {})").format(
@@ -287,15 +287,15 @@ class Database:
         The lock (see `image_lock`) is held until the commit, so a delete of the same image's stored object
         happens either before the block (and the block stores it again) or after the commit (and sees the row).
         """
-        for model_id, v in vectors.items():
-            self.ensure_model_index(model_id, len(v))
+        for embedding_model, v in vectors.items():
+            self.ensure_model_index(embedding_model, len(v))
         try:
             with self.connection() as conn:
                 conn.execute(named_queries()["lock-image"], {"sha256": reference["sha256"]})
                 (ref_id,) = conn.execute(named_queries()["insert-reference"], reference).fetchone()
                 conn.cursor().executemany(named_queries()["upsert-embedding"], [
-                    {"reference_id": ref_id, "model_id": model_id, "dim": len(v), "embedding": v}
-                    for model_id, v in vectors.items()])
+                    {"reference_id": ref_id, "embedding_model": embedding_model, "dim": len(v), "embedding": v}
+                    for embedding_model, v in vectors.items()])
                 yield ref_id
         except psycopg.errors.UniqueViolation:
             found = self.existing([reference["sha256"]])
@@ -308,8 +308,8 @@ class Database:
         The images' locks are taken first, in hash order (two bulk inserts never wait on each other in a
         cycle), so that a concurrent delete or restore of one of these images does not interleave.
         """
-        for model_id, dim in {(m, len(v)) for vs in vectors for m, v in vs.items()}:
-            self.ensure_model_index(model_id, dim)
+        for embedding_model, dim in {(m, len(v)) for vs in vectors for m, v in vs.items()}:
+            self.ensure_model_index(embedding_model, dim)
         queries = named_queries()
         columns = ("manufacturer", "model", "diameter_mm", "source_filename", "sha256", "object_key", "width",
                    "height", "source")
@@ -323,8 +323,8 @@ class Database:
                 for r in references:
                     copy.write_row([r[c] for c in columns])
             inserted = dict(cur.execute(queries["insert-incoming-references"]).fetchall())
-            self._copy_vectors(cur, [(inserted[r["sha256"]], model_id, v) for r, vs in zip(references, vectors)
-                                     if r["sha256"] in inserted for model_id, v in vs.items()])
+            self._copy_vectors(cur, [(inserted[r["sha256"]], embedding_model, v) for r, vs in zip(references, vectors)
+                                     if r["sha256"] in inserted for embedding_model, v in vs.items()])
         return inserted
 
     def _copy_vectors(self, cur: psycopg.Cursor, rows: list[tuple[int, str, np.ndarray]]) -> None:
@@ -354,14 +354,14 @@ class Database:
         """id, sha256 and object_key of every reference, by id (to compare with what storage holds)."""
         return self.query("reference-images")
 
-    def add_embeddings(self, model_id: str, vectors: dict[int, np.ndarray]) -> None:
+    def add_embeddings(self, embedding_model: str, vectors: dict[int, np.ndarray]) -> None:
         """Store (or replace) one embedding model's vectors for existing references, with one binary COPY;
         vectors of references deleted meanwhile are dropped."""
         if not vectors:
             return
-        self.ensure_model_index(model_id, len(next(iter(vectors.values()))))
+        self.ensure_model_index(embedding_model, len(next(iter(vectors.values()))))
         with self.connection() as conn:
-            self._copy_vectors(conn.cursor(), [(i, model_id, v) for i, v in vectors.items()])
+            self._copy_vectors(conn.cursor(), [(i, embedding_model, v) for i, v in vectors.items()])
 
     def get(self, reference_id: int) -> dict:
         rows = self.query("get-reference", {"id": reference_id})
@@ -372,13 +372,13 @@ class Database:
     def list(self, filters: Filters = Filters(), limit: int = 100, offset: int = 0) -> list[dict]:
         return self.query("list-references", {**filters.params(), "limit": limit, "offset": offset})
 
-    def label_variety(self, model_id: str, filters: Filters = Filters()) -> tuple[int, int]:
+    def label_variety(self, embedding_model: str, filters: Filters = Filters()) -> tuple[int, int]:
         """(manufacturers, manufacturer + model pairs), each counted up to 2, among the references a search of
         this model would see: a vote over only one of them is decided before the search.
 
         From the least and the greatest label (sql/queries.sql, label-bound).
         """
-        params = {**filters.params(), "model_id": model_id, "only": None}
+        params = {**filters.params(), "embedding_model": embedding_model, "only": None}
 
         def bounds(conn, column: str) -> tuple:
             return tuple(conn.execute(sql.SQL(named_queries()["label-bound"]).format(
@@ -420,13 +420,13 @@ class Database:
             "references": sum(by_manufacturer.values()),
             "by_manufacturer": by_manufacturer,
             "by_label": [(r["manufacturer"], r["model"], r["count"]) for r in self.query("count-by-label")],
-            "embedding_models": {r["model_id"]: r["count"] for r in self.query("count-by-model-id")},
+            "embedding_models": {r["embedding_model"]: r["count"] for r in self.query("count-by-embedding-model")},
         }
 
-    def missing_embeddings(self, model_id: str) -> list[dict]:
-        return self.query("missing-embeddings", {"model_id": model_id})
+    def missing_embeddings(self, embedding_model: str) -> list[dict]:
+        return self.query("missing-embeddings", {"embedding_model": embedding_model})
 
-    def embeddings(self, model_id: str) -> list[dict]:
+    def embeddings(self, embedding_model: str) -> list[dict]:
         """Every reference with its vector for one model (for the explorer and evaluation).
 
         Fetched in binary: each vector arrives as raw float32 instead of 512 numbers in text parsed one by
@@ -434,26 +434,26 @@ class Database:
         """
         with self.connection() as conn:
             cur = conn.cursor(row_factory=dict_row, binary=True)
-            cur.execute(named_queries()["embeddings-for-model"], {"model_id": model_id})
+            cur.execute(named_queries()["embeddings-for-model"], {"embedding_model": embedding_model})
             return cur.fetchall()
 
-    def vector(self, reference_id: int, model_id: str) -> np.ndarray | None:
+    def vector(self, reference_id: int, embedding_model: str) -> np.ndarray | None:
         """One reference's stored vector for a model; None when it has none (not embedded by that model)."""
-        rows = self.query("reference-vector", {"id": reference_id, "model_id": model_id})
+        rows = self.query("reference-vector", {"id": reference_id, "embedding_model": embedding_model})
         if not rows:
             return None
         return rows[0]["embedding"]
 
     # -- search -------------------------------------------------------------------------------------
 
-    def search(self, vector: np.ndarray, model_id: str, k: int = 3, filters: Filters = Filters(), *,
+    def search(self, vector: np.ndarray, embedding_model: str, k: int = 3, filters: Filters = Filters(), *,
                ef_search: int | None = None, exact: bool = False) -> list[dict]:
         """The k nearest references by cosine similarity among one model's vectors.
 
         `ef_search` overrides the HNSW candidate list size (recall against speed; the benchmark measures
         it); `exact` forces a full scan (ground truth for recall, and evaluation).
         """
-        query = sql.SQL(named_queries()["search"]).format(dim=sql.Literal(len(vector)), model_id=sql.Literal(model_id))
+        query = sql.SQL(named_queries()["search"]).format(dim=sql.Literal(len(vector)), embedding_model=sql.Literal(embedding_model))
         params = {**filters.params(), "q": np.asarray(vector, dtype=np.float32), "k": k}
         active = filters.active()
         exact = exact or bool(active) and self.count(filters) <= EXACT_SEARCH_MAX_ROWS
@@ -469,10 +469,10 @@ class Database:
 
     # -- match log ----------------------------------------------------------------------------------
 
-    def log_match(self, *, query_sha256: str, model_id: str, k: int, filters: dict, results: list, confidence: float,
+    def log_match(self, *, query_sha256: str, embedding_model: str, k: int, filters: dict, results: list, confidence: float,
                   confident: bool, confidence_of: str | None = None, answer: str | None = None) -> int:
         rows = self.query("insert-match-log", {
-            "query_sha256": query_sha256, "model_id": model_id, "k": k, "filters": Jsonb(filters),
+            "query_sha256": query_sha256, "embedding_model": embedding_model, "k": k, "filters": Jsonb(filters),
             "results": Jsonb(results), "confidence": confidence, "confident": confident,
             "confidence_of": confidence_of, "answer": answer,
         })

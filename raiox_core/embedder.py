@@ -30,7 +30,7 @@ class Embedder:
     """A loaded image tower with the facts needed to use and label its vectors."""
 
     model: object  # open_clip CLIP model in eval mode
-    model_id: str  # e.g. "ViT-B-32/laion2b_s34b_b79k" or "ViT-B-32/untrained"
+    embedding_model: str  # e.g. "ViT-B-32/laion2b_s34b_b79k" or "ViT-B-32/untrained"
     dim: int
     image_size: int
     mean: np.ndarray
@@ -89,7 +89,7 @@ class Embedder:
         return self.encode([image])[0]
 
 
-def model_id_for(model: str, pretrained: str) -> str:
+def embedding_model_for(model: str, pretrained: str) -> str:
     """The label stored with each vector; a checkpoint is named by its file name and content hash."""
     if pretrained.lower() == UNTRAINED:
         return f"{model}/untrained"
@@ -206,7 +206,7 @@ def _try_int8(embedder: Embedder) -> None:
     if embedder.device != "cpu" or "fbgemm" not in torch.backends.quantized.supported_engines:
         return
     if not hasattr(embedder.model.visual, "transformer"):  # the int8 forwards are a ViT's (not RN50's): fp32
-        log.info("%s has no transformer image tower: encoding in fp32.", embedder.model_id)
+        log.info("%s has no transformer image tower: encoding in fp32.", embedder.embedding_model)
         return
     probes = probe_images()
     reference = embedder.encode(probes)
@@ -218,7 +218,7 @@ def _try_int8(embedder: Embedder) -> None:
     else:
         tower.deactivate()
         log.warning("int8 vectors of %s stay only within cosine %.5f of fp32 (< %s): encoding in fp32.",
-                    embedder.model_id, embedder.int8_min_cosine, INT8_MIN_COSINE)
+                    embedder.embedding_model, embedder.int8_min_cosine, INT8_MIN_COSINE)
 
 
 def load_embedder(model: str = "ViT-B-32", pretrained: str = "laion2b_s34b_b79k", device: str = "auto",
@@ -262,7 +262,7 @@ def load_embedder(model: str = "ViT-B-32", pretrained: str = "laion2b_s34b_b79k"
     dim = int(visual.output_dim)
     if not trained:
         log.warning("Raiox is using UNTRAINED %s weights: matches are not meaningful.", model)
-    embedder = Embedder(clip, model_id_for(model, pretrained), dim, size, mean, std, device, trained)
+    embedder = Embedder(clip, embedding_model_for(model, pretrained), dim, size, mean, std, device, trained)
     if precision == "auto":
         _try_int8(embedder)
     return embedder

@@ -283,10 +283,10 @@ def plan(sources: list[Source], images: list[tuple[str | None, str | None]], kno
     return [planner.judge(source, sha, refusal, known) for source, (sha, refusal) in zip(sources, images)]
 
 
-def _store_one(candidate: _Candidate, vector, *, db: Database, storage: Storage, model_id: str, source: str) -> None:
+def _store_one(candidate: _Candidate, vector, *, db: Database, storage: Storage, embedding_model: str, source: str) -> None:
     """One image, all or nothing (references.add); a copy added meanwhile makes it a duplicate."""
     new = references.NewReference.of_image(candidate.image, candidate.labels, source_filename=candidate.filename,
-                                           source=source, vectors={model_id: vector})
+                                           source=source, vectors={embedding_model: vector})
     try:
         candidate.report.id = references.add(db, storage, new)
     except DuplicateReference as dup:
@@ -343,7 +343,7 @@ def _read_batch(batch: list[Source], planner: Planner, firsts: dict[str, FileRep
     return out
 
 
-def _write_batch(batch: _Batch, vectors, *, db: Database, storage: Storage, model_id: str, source: str) -> str | None:
+def _write_batch(batch: _Batch, vectors, *, db: Database, storage: Storage, embedding_model: str, source: str) -> str | None:
     """Store and insert the new images of one batch, each all or nothing; returns a failure that stops the run.
 
     Runs in the writer thread, one batch at a time and in order.
@@ -354,7 +354,7 @@ def _write_batch(batch: _Batch, vectors, *, db: Database, storage: Storage, mode
             candidate.report.status, candidate.report.reason = "rejected", failure
             continue
         try:
-            _store_one(candidate, vector, db=db, storage=storage, model_id=model_id, source=source)
+            _store_one(candidate, vector, db=db, storage=storage, embedding_model=embedding_model, source=source)
         except (StorageError, DatabaseUnavailable) as exc:
             candidate.report.status, candidate.report.reason = "rejected", str(exc)
             # The store or the database is down: stop rather than fail every remaining file slowly.
@@ -396,7 +396,7 @@ def ingest(
     done = 0
     failure: str | None = None
     read = partial(_read_batch, planner=Planner(), firsts={}, db=db, embedder=embedder, limits=limits)
-    write = partial(_write_batch, db=db, storage=storage, model_id=embedder.model_id, source=source)
+    write = partial(_write_batch, db=db, storage=storage, embedding_model=embedder.embedding_model, source=source)
     with ThreadPoolExecutor(1, thread_name_prefix="raiox-read") as reader, \
             ThreadPoolExecutor(1, thread_name_prefix="raiox-write") as writer:
         ahead = reader.submit(read, batches[0]) if batches else None

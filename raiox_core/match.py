@@ -34,7 +34,7 @@ class MatchResult:
     """
 
     file: str
-    model_id: str
+    embedding_model: str
     trained: bool
     matches: list[Neighbour]
     manufacturer_vote: list[Share]
@@ -94,7 +94,8 @@ class MatchResult:
         """The stable shape documented in the README for `raiox match --json`."""
         return {
             "file": self.file,
-            "model_id": self.model_id,
+            "embedding_model": self.embedding_model,
+            "model_id": self.embedding_model,  # the same, under its name before 0.2; goes in 0.3
             "answer": self.answer,
             "confident": self.confident,
             "confidence": round(self.confidence, 4),
@@ -188,22 +189,22 @@ def match_image(
     filter: the identification then rests on the reference's label, not on the vote.
     """
     vector = embedder.encode_one(image.image)
-    rows = db.search(vector, embedder.model_id, k=max(k, VOTE_POOL), filters=filters)
+    rows = db.search(vector, embedder.embedding_model, k=max(k, VOTE_POOL), filters=filters)
     neighbours = [Neighbour.from_row(r) for r in rows]
     manufacturers, models = vote(neighbours[:VOTE_POOL])  # the same vote whatever k
-    basis, confidence = confidence_for(db.label_variety(embedder.model_id, filters), manufacturers, models)
+    basis, confidence = confidence_for(db.label_variety(embedder.embedding_model, filters), manufacturers, models)
     confident = basis is not None and bool(neighbours) and confidence >= threshold
     exact = _exact_reference(db, image.sha256)
     if exact is not None:
         basis, confidence, confident = "exact image", 1.0, True
     result = MatchResult(
-        file=file, model_id=embedder.model_id, trained=embedder.trained, matches=neighbours[:k],
+        file=file, embedding_model=embedder.embedding_model, trained=embedder.trained, matches=neighbours[:k],
         manufacturer_vote=manufacturers, model_vote=models, confidence=confidence, confident=confident,
         confidence_of=basis, restricted_to=filters.manufacturer or None, exact=exact, threshold=threshold, query=image,
     )
     if log:
         result.log_id = db.log_match(
-            query_sha256=image.sha256, model_id=embedder.model_id, k=k, filters=filters.active(),
+            query_sha256=image.sha256, embedding_model=embedder.embedding_model, k=k, filters=filters.active(),
             results=result.to_json()["matches"], confidence=confidence, confident=confident,
             confidence_of=basis, answer=result.answer,
         )

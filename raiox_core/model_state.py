@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .embedder import Embedder, load_from_settings, model_id_for
+from .embedder import Embedder, embedding_model_for, load_from_settings
 from .errors import ModelLoadError
 
 LOADED, UNTRAINED, UNAVAILABLE = "loaded", "untrained", "unavailable"
@@ -22,7 +22,7 @@ class ModelState:
     """What `load_model_state` found; `embedder` is None only when the model is unavailable."""
 
     status: str  # LOADED, UNTRAINED or UNAVAILABLE
-    model_id: str  # the id the active vectors carry (the untrained one after a fallback)
+    embedding_model: str  # the id the active vectors carry (the untrained one after a fallback)
     reason: str | None = None  # why untrained or unavailable, one sentence
     fix: str | None = None  # what to do about it, one sentence
     embedder: Embedder | None = None
@@ -34,9 +34,9 @@ class ModelState:
     @property
     def message(self) -> str:
         """One line for a banner or stderr: the state, the reason and the fix."""
-        head = {LOADED: f"Model {self.model_id} loaded.",
-                UNTRAINED: f"Untrained model weights ({self.model_id}): similarities and matches are NOT meaningful.",
-                UNAVAILABLE: f"Model {self.model_id} unavailable."}[self.status]
+        head = {LOADED: f"Model {self.embedding_model} loaded.",
+                UNTRAINED: f"Untrained model weights ({self.embedding_model}): similarities and matches are NOT meaningful.",
+                UNAVAILABLE: f"Model {self.embedding_model} unavailable."}[self.status]
         return " ".join(part for part in (head, self.reason, self.fix) if part)
 
     def require(self) -> Embedder:
@@ -61,12 +61,12 @@ def load_model_state(settings) -> ModelState:
         embedder = load_from_settings(settings)
     except ModelLoadError as exc:
         if not settings.untrained_fallback:
-            return ModelState(UNAVAILABLE, model_id_for(settings.model, settings.pretrained), str(exc), _fix_for(str(exc)))
+            return ModelState(UNAVAILABLE, embedding_model_for(settings.model, settings.pretrained), str(exc), _fix_for(str(exc)))
         embedder = load_from_settings(settings.with_(pretrained="none"))
         reason = (f"The configured weights {settings.pretrained!r} could not be loaded, so `raiox demo` fell back to "
                   f"untrained ones: {exc}")
-        return ModelState(UNTRAINED, embedder.model_id, reason, _fix_for(str(exc)), embedder)
+        return ModelState(UNTRAINED, embedder.embedding_model, reason, _fix_for(str(exc)), embedder)
     if not embedder.trained:
-        return ModelState(UNTRAINED, embedder.model_id, "RAIOX_PRETRAINED=none is set.",
+        return ModelState(UNTRAINED, embedder.embedding_model, "RAIOX_PRETRAINED=none is set.",
                           "Set RAIOX_PRETRAINED to a pretrained tag or a checkpoint file for real use.", embedder)
-    return ModelState(LOADED, embedder.model_id, embedder=embedder)
+    return ModelState(LOADED, embedder.embedding_model, embedder=embedder)

@@ -39,7 +39,7 @@ MAX_CACHE_FILES = 24  # maps (npz + reducer file each) kept on disk; the least r
 MEMORY_ENTRIES = 4
 
 
-def fingerprint(model_id: str, ids: Sequence[int], vectors: np.ndarray, params: ProjectionParams) -> str:
+def fingerprint(embedding_model: str, ids: Sequence[int], vectors: np.ndarray, params: ProjectionParams) -> str:
     """A hex digest that changes when the model, the reference set, any vector, the parameters or the
     fitting libraries change.
 
@@ -49,7 +49,7 @@ def fingerprint(model_id: str, ids: Sequence[int], vectors: np.ndarray, params: 
     (the page joins the current labels onto the cached coordinates).
     """
     header = {
-        "format": CACHE_FORMAT, "model_id": model_id, "params": params.key(), "n": len(ids),
+        "format": CACHE_FORMAT, "embedding_model": embedding_model, "params": params.key(), "n": len(ids),
         "versions": {pkg: _version(pkg) for pkg in ("umap-learn", "scikit-learn", "numpy")},
         "data": vectors_digest(ids, vectors),
     }
@@ -279,7 +279,7 @@ def _prune(cache_dir: Path) -> None:
 
 def cached_projection(
     cache_dir: Path | str,
-    model_id: str,
+    embedding_model: str,
     rows: Sequence[dict] | None = None,
     params: ProjectionParams = ProjectionParams(),
     progress: Progress | None = None,
@@ -302,11 +302,11 @@ def cached_projection(
         raise InvalidInput("cached_projection needs rows, or ids and vectors.")
     ids_arr = np.asarray(ids, dtype=np.int64)
     if len(ids_arr) == 0:
-        raise TooFewReferences(f"There are no reference vectors of {model_id} to project.")
+        raise TooFewReferences(f"There are no reference vectors of {embedding_model} to project.")
     order = np.argsort(ids_arr, kind="stable")
     ids_arr = ids_arr[order]
     x = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32)[order])
-    key = fingerprint(model_id, ids_arr, x, params)
+    key = fingerprint(embedding_model, ids_arr, x, params)
 
     # Each call gets its own shallow copy saying where the map came from; copies share the coordinates and
     # the reducer (a deferred one stays unloaded).

@@ -300,12 +300,12 @@ def remove_orphans(db: Database, storage: Storage, grace_s: float = ORPHAN_GRACE
 def reembed(db: Database, storage: Storage, embedder: Embedder, batch_size: int = 16,
             progress: Callable[[int, int], None] | None = None) -> int:
     """Compute this model's vectors for every reference that lacks them; returns how many were added."""
-    missing = db.missing_embeddings(embedder.model_id)
+    missing = db.missing_embeddings(embedder.embedding_model)
     for start in range(0, len(missing), batch_size):
         chunk = missing[start : start + batch_size]
         images = [Image.open(io.BytesIO(storage.get(row["object_key"]))) for row in chunk]
         vectors = embedder.encode(images, batch_size=batch_size)
-        db.add_embeddings(embedder.model_id, {row["id"]: v for row, v in zip(chunk, vectors)})
+        db.add_embeddings(embedder.embedding_model, {row["id"]: v for row, v in zip(chunk, vectors)})
         if progress:
             progress(start + len(chunk), len(missing))
     return len(missing)

@@ -12,9 +12,9 @@ VALUES
 RETURNING id;
 
 -- name: upsert-embedding
-INSERT INTO embeddings (reference_id, model_id, dim, embedding)
-VALUES (%(reference_id)s, %(model_id)s, %(dim)s, %(embedding)s)
-ON CONFLICT (reference_id, model_id) DO UPDATE SET dim = EXCLUDED.dim, embedding = EXCLUDED.embedding;
+INSERT INTO embeddings (reference_id, embedding_model, dim, embedding)
+VALUES (%(reference_id)s, %(embedding_model)s, %(dim)s, %(embedding)s)
+ON CONFLICT (reference_id, embedding_model) DO UPDATE SET dim = EXCLUDED.dim, embedding = EXCLUDED.embedding;
 
 -- ---- Bulk writes (db.insert_many, db.add_embeddings): binary COPY into a temporary table, then one
 -- INSERT ... SELECT. The temporary tables live until the end of the transaction.
@@ -36,16 +36,16 @@ ON CONFLICT (sha256) DO NOTHING
 RETURNING sha256, id;
 
 -- name: create-incoming-vectors
-CREATE TEMP TABLE incoming_vectors (reference_id bigint, model_id text, embedding vector) ON COMMIT DROP;
+CREATE TEMP TABLE incoming_vectors (reference_id bigint, embedding_model text, embedding vector) ON COMMIT DROP;
 
 -- name: copy-incoming-vectors
-COPY incoming_vectors (reference_id, model_id, embedding) FROM STDIN WITH (FORMAT BINARY);
+COPY incoming_vectors (reference_id, embedding_model, embedding) FROM STDIN WITH (FORMAT BINARY);
 
 -- name: upsert-incoming-vectors
-INSERT INTO embeddings (reference_id, model_id, dim, embedding)
-SELECT v.reference_id, v.model_id, vector_dims(v.embedding), v.embedding
+INSERT INTO embeddings (reference_id, embedding_model, dim, embedding)
+SELECT v.reference_id, v.embedding_model, vector_dims(v.embedding), v.embedding
 FROM incoming_vectors v JOIN reference_implants r ON r.id = v.reference_id
-ON CONFLICT (reference_id, model_id) DO UPDATE SET dim = EXCLUDED.dim, embedding = EXCLUDED.embedding;
+ON CONFLICT (reference_id, embedding_model) DO UPDATE SET dim = EXCLUDED.dim, embedding = EXCLUDED.embedding;
 
 -- name: get-reference
 SELECT id, manufacturer, model, diameter_mm, source_filename, sha256, object_key, width, height, source, created_at
@@ -73,14 +73,14 @@ LIMIT %(limit)s OFFSET %(offset)s;
 SELECT count(*) FROM reference_implants r WHERE /* reference-filters */;
 
 -- name: search
--- The k nearest references of one embedding model by cosine similarity. {dim} and {model_id} are
+-- The k nearest references of one embedding model by cosine similarity. {dim} and {embedding_model} are
 -- literals (db.search fills them in), so that the model's partial HNSW index over
--- embedding::vector({dim}) WHERE model_id = {model_id} matches the query; db.search chooses its
+-- embedding::vector({dim}) WHERE embedding_model = {embedding_model} matches the query; db.search chooses its
 -- ef_search, or an exact scan for a small filtered set.
 SELECT r.id, r.manufacturer, r.model, r.diameter_mm, r.source_filename, r.object_key, r.source,
        1 - (e.embedding::vector({dim}) <=> %(q)s::vector({dim})) AS similarity
 FROM embeddings e JOIN reference_implants r ON r.id = e.reference_id
-WHERE e.model_id = {model_id} AND /* reference-filters */
+WHERE e.embedding_model = {embedding_model} AND /* reference-filters */
 ORDER BY e.embedding::vector({dim}) <=> %(q)s::vector({dim})
 LIMIT %(k)s;
 
@@ -89,7 +89,7 @@ LIMIT %(k)s;
 -- model would see, optionally within one manufacturer: ORDER BY ... LIMIT 1 on the (manufacturer, model)
 -- index takes a few probes whatever the table's size, where min() or count(DISTINCT) would read every row.
 SELECT r.{column} FROM reference_implants r
-WHERE EXISTS (SELECT 1 FROM embeddings e WHERE e.reference_id = r.id AND e.model_id = %(model_id)s)
+WHERE EXISTS (SELECT 1 FROM embeddings e WHERE e.reference_id = r.id AND e.embedding_model = %(embedding_model)s)
   AND (%(only)s::text IS NULL OR r.manufacturer = %(only)s)
   AND /* reference-filters */
 ORDER BY r.manufacturer {order}, r.model {order}
@@ -111,26 +111,26 @@ SELECT source, count(*) FROM reference_implants GROUP BY source;
 -- name: count-by-label
 SELECT manufacturer, model, count(*) FROM reference_implants GROUP BY manufacturer, model ORDER BY manufacturer, model;
 
--- name: count-by-model-id
-SELECT model_id, count(*) FROM embeddings GROUP BY model_id ORDER BY model_id;
+-- name: count-by-embedding-model
+SELECT embedding_model, count(*) FROM embeddings GROUP BY embedding_model ORDER BY embedding_model;
 
 -- name: missing-embeddings
 SELECT r.id, r.object_key FROM reference_implants r
-WHERE NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.reference_id = r.id AND e.model_id = %(model_id)s)
+WHERE NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.reference_id = r.id AND e.embedding_model = %(embedding_model)s)
 ORDER BY r.id;
 
 -- name: embeddings-for-model
 -- Fetched in binary (db.embeddings), where numeric has no float loader: the diameter comes as float8.
 SELECT r.id, r.manufacturer, r.model, r.diameter_mm::float8 AS diameter_mm, r.source_filename, r.object_key, r.source, e.embedding
 FROM embeddings e JOIN reference_implants r ON r.id = e.reference_id
-WHERE e.model_id = %(model_id)s ORDER BY r.id;
+WHERE e.embedding_model = %(embedding_model)s ORDER BY r.id;
 
 -- name: object-keys
 SELECT object_key FROM reference_implants;
 
 -- name: insert-match-log
-INSERT INTO match_log (query_sha256, model_id, k, filters, results, confidence, confident, confidence_of, answer)
-VALUES (%(query_sha256)s, %(model_id)s, %(k)s, %(filters)s, %(results)s, %(confidence)s, %(confident)s,
+INSERT INTO match_log (query_sha256, embedding_model, k, filters, results, confidence, confident, confidence_of, answer)
+VALUES (%(query_sha256)s, %(embedding_model)s, %(k)s, %(filters)s, %(results)s, %(confidence)s, %(confident)s,
         %(confidence_of)s, %(answer)s)
 RETURNING id;
 
@@ -139,12 +139,12 @@ UPDATE match_log SET feedback = %(feedback)s, feedback_label = %(feedback_label)
 WHERE id = %(id)s RETURNING id;
 
 -- name: get-match-log
-SELECT id, created_at, query_sha256, model_id, k, filters, results, confidence, confident, confidence_of, answer,
+SELECT id, created_at, query_sha256, embedding_model, k, filters, results, confidence, confident, confidence_of, answer,
        feedback, feedback_label
 FROM match_log WHERE id = %(id)s;
 
 -- name: reference-vector
-SELECT embedding FROM embeddings WHERE reference_id = %(id)s AND model_id = %(model_id)s;
+SELECT embedding FROM embeddings WHERE reference_id = %(id)s AND embedding_model = %(embedding_model)s;
 
 -- ---- Staff sign-in failures (raiox_core/sign_in.py; table from 003_sign_in_failures.sql) -------------
 

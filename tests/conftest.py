@@ -101,14 +101,14 @@ def db(_database):
 
 @pytest.fixture(scope="session")
 def age_index():
-    """age_index(url, model_id): rebuild the model's index with pgvector's default parameters (m 16,
+    """age_index(url, embedding_model): rebuild the model's index with pgvector's default parameters (m 16,
     ef_construction 64), as an index built by an older Raiox has it."""
     import psycopg
 
-    def age(url: str, model_id: str) -> None:
+    def age(url: str, embedding_model: str) -> None:
         with psycopg.connect(url, autocommit=True) as conn:
             (name,) = conn.execute("SELECT indexname FROM pg_indexes WHERE indexdef LIKE %s",
-                                   (f"%'{model_id}'%",)).fetchone()
+                                   (f"%'{embedding_model}'%",)).fetchone()
             conn.execute(f'ALTER INDEX "{name}" RESET (m, ef_construction)')
             conn.execute(f'REINDEX INDEX "{name}"')
 

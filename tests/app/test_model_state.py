@@ -74,8 +74,8 @@ def test_staff_compute_missing_vectors_with_a_button(seeded, monkeypatch, tmp_pa
     checkpoint = tmp_path / "image-tower.pt"
     torch.save(resources.get_embedder().model.state_dict(), checkpoint)  # same weights, another model id
     configure(monkeypatch, RAIOX_PRETRAINED=str(checkpoint), RAIOX_PRECISION="fp32")
-    model_id = resources.get_model_state().model_id
-    assert model_id.startswith("ViT-B-32/file:image-tower.pt@")
+    embedding_model = resources.get_model_state().embedding_model
+    assert embedding_model.startswith("ViT-B-32/file:image-tower.pt@")
     total = len(seeded.ingested)
 
     at = dashboard().run()
@@ -87,28 +87,28 @@ def test_staff_compute_missing_vectors_with_a_button(seeded, monkeypatch, tmp_pa
     next(b for b in at.button if b.label == f"Compute {total} vectors").click()
     at.run()
     assert not at.exception
-    assert db.stats()["embedding_models"][model_id] == total
+    assert db.stats()["embedding_models"][embedding_model] == total
     assert not any("have no vectors" in w for w in text(at.main.warning))
 
 
 @pytest.fixture
 def id_computations(monkeypatch):
-    """Every model_id_for call and every checkpoint hash, wherever the model's state is built."""
+    """Every embedding_model_for call and every checkpoint hash, wherever the model's state is built."""
     from raiox_core import embedder, model_state
 
-    calls = {"model_id_for": [], "file_digest": []}
-    real_id, real_digest = embedder.model_id_for, embedder._file_digest
+    calls = {"embedding_model_for": [], "file_digest": []}
+    real_id, real_digest = embedder.embedding_model_for, embedder._file_digest
 
-    def model_id_for(model, pretrained):
-        calls["model_id_for"].append(pretrained)
+    def embedding_model_for(model, pretrained):
+        calls["embedding_model_for"].append(pretrained)
         return real_id(model, pretrained)
 
     def file_digest(path):
         calls["file_digest"].append(path)
         return real_digest(path)
 
-    monkeypatch.setattr(embedder, "model_id_for", model_id_for)
-    monkeypatch.setattr(model_state, "model_id_for", model_id_for)
+    monkeypatch.setattr(embedder, "embedding_model_for", embedding_model_for)
+    monkeypatch.setattr(model_state, "embedding_model_for", embedding_model_for)
     monkeypatch.setattr(embedder, "_file_digest", file_digest)
     return calls
 
@@ -125,17 +125,17 @@ def test_a_checkpoint_is_hashed_once_per_load_not_on_every_rerun(app_env, monkey
     configure(monkeypatch, RAIOX_PRETRAINED=str(checkpoint), RAIOX_PRECISION="fp32")
     at = dashboard().run()
     assert not at.exception
-    assert id_computations == {"model_id_for": [str(checkpoint)], "file_digest": [checkpoint]}  # at the load
-    model_id = resources.get_model_state().model_id
-    assert model_id.startswith("ViT-B-32/file:rerun-tower.pt@")
+    assert id_computations == {"embedding_model_for": [str(checkpoint)], "file_digest": [checkpoint]}  # at the load
+    embedding_model = resources.get_model_state().embedding_model
+    assert embedding_model.startswith("ViT-B-32/file:rerun-tower.pt@")
 
     at.run()
     for page in PAGES:  # every page asks for the model's state and id on each run
         at.switch_page(f"../pages/{page}.py").run()
         assert not at.exception, page
-        assert model_id in text(at.sidebar.caption), page
+        assert embedding_model in text(at.sidebar.caption), page
     at.run()
-    assert id_computations == {"model_id_for": [str(checkpoint)], "file_digest": [checkpoint]}
+    assert id_computations == {"embedding_model_for": [str(checkpoint)], "file_digest": [checkpoint]}
 
 
 def test_an_unloadable_checkpoint_is_not_hashed_again_on_reruns(app_env, monkeypatch, tmp_path, id_computations):
@@ -149,4 +149,4 @@ def test_an_unloadable_checkpoint_is_not_hashed_again_on_reruns(app_env, monkeyp
     at.run()
     at.switch_page("../pages/references.py").run()
     assert not at.exception
-    assert id_computations["file_digest"] == [broken] and len(id_computations["model_id_for"]) == 1
+    assert id_computations["file_digest"] == [broken] and len(id_computations["embedding_model_for"]) == 1

@@ -130,8 +130,8 @@ def test_detail_shows_metadata_and_neighbours(seeded, db):
 
     from raiox_dashboard import resources
 
-    model_id = resources.get_embedder().model_id
-    expected = [r["id"] for r in db.search(db.vector(ref["id"], model_id), model_id, k=7) if r["id"] != ref["id"]][:6]
+    embedding_model = resources.get_embedder().embedding_model
+    expected = [r["id"] for r in db.search(db.vector(ref["id"], embedding_model), embedding_model, k=7) if r["id"] != ref["id"]][:6]
     neighbours = _shown_ids(at, "ref_neighbour_")
     assert neighbours == expected and ref["id"] not in neighbours and len(neighbours) == 6
     assert any("similarity" in c.value for c in at.caption)

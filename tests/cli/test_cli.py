@@ -62,7 +62,7 @@ def test_ingest_match_list_stats_delete_json(run, tmp_path, files):
     assert proc.returncode == 1
     first, refused = json.loads(proc.stdout)
     assert first["matches"][0]["source_filename"] == files[2][0] and first["matches"][0]["similarity"] >= 0.99
-    assert len(first["matches"]) == 2 and first["model_id"] == "ViT-B-32/untrained"
+    assert len(first["matches"]) == 2 and first["embedding_model"] == "ViT-B-32/untrained"
     assert {"manufacturer", "model"} == set(first["vote"])
     assert refused["file"].endswith("notes.jpg") and refused["error"].endswith(".")
 

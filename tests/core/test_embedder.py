@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from raiox_core.embedder import load_embedder, model_id_for
+from raiox_core.embedder import load_embedder, embedding_model_for
 from raiox_core.errors import ModelLoadError
 from raiox_core.images import ImageLimits
 
@@ -19,7 +19,7 @@ def test_untrained_vectors_are_unit_float32_and_labelled(embedder):
     vectors = embedder.encode(images(5), batch_size=2)
     assert vectors.shape == (5, 512) and vectors.dtype == np.float32
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    assert embedder.model_id == "ViT-B-32/untrained" and not embedder.trained
+    assert embedder.embedding_model == "ViT-B-32/untrained" and not embedder.trained
 
 
 def test_batching_does_not_change_vectors(embedder):
@@ -46,8 +46,8 @@ def test_checkpoint_file_is_loaded_through_the_real_path(embedder, tmp_path):
     im = images(2, seed=3)
     assert np.allclose(loaded.encode(im), changed.encode(im), atol=1e-5)
     assert not np.allclose(loaded.encode(im), embedder.encode(im), atol=1e-3)
-    assert loaded.trained and loaded.model_id.startswith("ViT-B-32/file:implants-finetuned.pt@")
-    assert loaded.model_id == model_id_for("ViT-B-32", str(path))
+    assert loaded.trained and loaded.embedding_model.startswith("ViT-B-32/file:implants-finetuned.pt@")
+    assert loaded.embedding_model == embedding_model_for("ViT-B-32", str(path))
 
 
 def test_offline_pretrained_tag_fails_fast_with_instructions(monkeypatch):

@@ -60,9 +60,9 @@ def test_exact_copy_matches_itself_first(db, storage, embedder, files):
     assert result.matches[0].similarity >= 0.99
     assert len(result.matches) == 3 and result.log_id is not None
     logged = db.match_log(result.log_id)
-    assert logged["query_sha256"] == result.query.sha256 and logged["model_id"] == "ViT-B-32/untrained"
+    assert logged["query_sha256"] == result.query.sha256 and logged["embedding_model"] == "ViT-B-32/untrained"
     as_json = result.to_json()
-    assert set(as_json) >= {"file", "model_id", "confident", "matches", "vote"}
+    assert set(as_json) >= {"file", "embedding_model", "confident", "matches", "vote"}
     assert set(as_json["matches"][0]) == {"id", "manufacturer", "model", "diameter_mm", "similarity", "source_filename"}
 
 
@@ -210,7 +210,7 @@ def test_reembed_adds_vectors_for_another_model(db, storage, embedder, files):
     ingest(sources(files[:3]), db=db, storage=storage, embedder=embedder, limits=ImageLimits())
     from dataclasses import replace
 
-    other = replace(embedder, model_id="ViT-B-32/other")
+    other = replace(embedder, embedding_model="ViT-B-32/other")
     assert reembed(db, storage, other) == 3
     assert reembed(db, storage, other) == 0
     assert db.stats()["embedding_models"] == {"ViT-B-32/untrained": 3, "ViT-B-32/other": 3}

@@ -23,7 +23,7 @@ def add(db, embedder, manufacturer: str, model: str, vector, diameter: float = 4
     sha = hashlib.sha256(f"{manufacturer}/{model}/{db.count()}".encode()).hexdigest()
     row = {"manufacturer": manufacturer, "model": model, "diameter_mm": diameter, "source_filename": f"{model}.png",
            "sha256": sha, "object_key": f"referencia/{sha}.png", "width": 64, "height": 64, "source": "upload"}
-    with db.inserting(row, {embedder.model_id: np.asarray(vector, np.float32)}) as ref_id:
+    with db.inserting(row, {embedder.embedding_model: np.asarray(vector, np.float32)}) as ref_id:
         return ref_id
 
 
@@ -87,7 +87,7 @@ def test_an_image_identical_to_a_reference_is_answered_as_that_reference(db, emb
     row = {"manufacturer": "Neodent", "model": "DRIVE", "diameter_mm": 3.75, "source_filename": "NEODENT_DRIVE_3.75mm.png",
            "sha256": image.sha256, "object_key": f"referencia/{image.sha256}.png", "width": 64, "height": 64,
            "source": "upload"}
-    with db.inserting(row, {embedder.model_id: far_from(query[1], 11)}) as ref_id:
+    with db.inserting(row, {embedder.embedding_model: far_from(query[1], 11)}) as ref_id:
         pass
     # A threshold nothing can reach, and a filter that excludes the reference: the copy is still recognised.
     result = match_image(image, db=db, embedder=embedder, threshold=1.0, k=3, filters=Filters(manufacturer="Straumann"))

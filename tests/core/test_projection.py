@@ -168,8 +168,8 @@ def test_cache_invalidated_by_set_vectors_model_and_parameters(tmp_path):
     ]
     keys = [fingerprint(m, [r["id"] for r in rs], np.stack([r["embedding"] for r in rs]), p) for m, rs, p in variants]
     assert len(set(keys)) == len(variants)
-    for model_id, rs, params in variants[1:6]:
-        assert cached_projection(tmp_path, model_id, rs, params).source == "computed"
+    for embedding_model, rs, params in variants[1:6]:
+        assert cached_projection(tmp_path, embedding_model, rs, params).source == "computed"
     # Still cached (on disk: the in-process layer keeps only the last few).
     assert cached_projection(tmp_path, "M/1", rows, base).source == "disk"
 

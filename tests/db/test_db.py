@@ -108,10 +108,10 @@ def explained_searches(monkeypatch) -> list[ExplainedSearch]:
     return seen
 
 
-def hnsw_index_of(conn, model_id: str) -> str:
+def hnsw_index_of(conn, embedding_model: str) -> str:
     """The name of the model's one HNSW index (other tests' models have their own)."""
     [(name,)] = conn.execute("SELECT indexname FROM pg_indexes WHERE indexdef ILIKE '%%using hnsw%%'"
-                             " AND indexdef LIKE %s", (f"%'{model_id}'%",)).fetchall()
+                             " AND indexdef LIKE %s", (f"%'{embedding_model}'%",)).fetchall()
     return name
 
 
@@ -157,7 +157,7 @@ def large_db(pg_url):
                 " width, height, source) SELECT CASE WHEN g %% 5 = 0 THEN 'Nobel Biocare' ELSE 'Straumann' END, 'BL', 4.1,"
                 " 'f' || g || '.png', lpad(to_hex(g), 64, '0'), 'referencia/' || g || '.png', 100, 100, 'synthetic'"
                 " FROM generate_series(1, %s) g ORDER BY g RETURNING id, manufacturer", (LARGE_ROWS,)).fetchall()
-            with conn.cursor().copy("COPY embeddings (reference_id, model_id, dim, embedding) FROM STDIN") as copy:
+            with conn.cursor().copy("COPY embeddings (reference_id, embedding_model, dim, embedding) FROM STDIN") as copy:
                 for (ref_id, _), v in zip(refs, vectors):
                     copy.write_row((ref_id, LARGE_MODEL, LARGE_DIM, "[" + ",".join(map(str, v)) + "]"))
         database = Database(url, description="large test PostgreSQL")
@@ -234,7 +234,7 @@ def test_a_rebuild_stopped_by_the_server_leaves_the_old_index_as_it_was(db, age_
             "INSERT INTO reference_implants (manufacturer, model, diameter_mm, source_filename, sha256, object_key,"
             " width, height, source) SELECT 'Straumann', 'BL', 4.1, 'f' || g || '.png', lpad(to_hex(g), 64, '0'),"
             " 'referencia/' || g || '.png', 100, 100, 'synthetic' FROM generate_series(1, 3000) g RETURNING id")]
-        conn.cursor().executemany("INSERT INTO embeddings (reference_id, model_id, dim, embedding)"
+        conn.cursor().executemany("INSERT INTO embeddings (reference_id, embedding_model, dim, embedding)"
                                   " VALUES (%s, %s, 512, %s)", [(i, MODEL, v) for i, v in zip(ids, vectors)])
     age_index(db.url, MODEL)
     impatient = Database(f"{pg_url}{'&' if '?' in pg_url else '?'}options=-c%20statement_timeout%3D50",
@@ -300,7 +300,7 @@ def test_stats_update_labels_delete_and_match_log(db):
     db.update_labels(ref, "Zimmer", "TSV", 4.7)
     stats = db.stats()
     assert stats["references"] == 1 and stats["by_manufacturer"] == {"Zimmer": 1} and stats["embedding_models"] == {MODEL: 1}
-    log_id = db.log_match(query_sha256="a" * 64, model_id=MODEL, k=3, filters={}, results=[{"id": ref}],
+    log_id = db.log_match(query_sha256="a" * 64, embedding_model=MODEL, k=3, filters={}, results=[{"id": ref}],
                           confidence=0.9, confident=True)
     db.set_feedback(log_id, "wrong", "Neodent DRIVE")
     assert db.match_log(log_id)["feedback_label"] == "Neodent DRIVE"

@@ -222,7 +222,7 @@ png_chunks = png_chunk_types
 
 
 
-def assert_consistent(db, storage, model_ids=(MODEL_ID,)) -> list[dict]:
+def assert_consistent(db, storage, embedding_models=(MODEL_ID,)) -> list[dict]:
     """No orphan, no half row: objects == rows' keys, every row has each model's vector, every object is
     the image its key names, no two rows share a vector, no temporary files. Returns the rows."""
     rows = db.list(limit=100_000)
@@ -232,10 +232,10 @@ def assert_consistent(db, storage, model_ids=(MODEL_ID,)) -> list[dict]:
         assert row["object_key"] == reference_key(row["sha256"])
         with Image.open(io.BytesIO(storage.get(row["object_key"]))) as img:
             assert _pixel_hash(img) == row["sha256"], f"object {row['object_key']} is not the image it names"
-    for model_id in model_ids:
-        assert db.missing_embeddings(model_id) == [], f"rows without a {model_id} vector"
+    for embedding_model in embedding_models:
+        assert db.missing_embeddings(embedding_model) == [], f"rows without a {embedding_model} vector"
     with db.connection() as conn:
-        total, distinct = conn.execute("SELECT count(*), count(DISTINCT (model_id, embedding::text)) FROM embeddings").fetchone()
+        total, distinct = conn.execute("SELECT count(*), count(DISTINCT (embedding_model, embedding::text)) FROM embeddings").fetchone()
         dangling = conn.execute("SELECT count(*) FROM embeddings e LEFT JOIN reference_implants r"
                                 " ON r.id = e.reference_id WHERE r.id IS NULL").fetchone()[0]
     assert total == distinct and dangling == 0, "duplicate or dangling vectors"

@@ -1,4 +1,4 @@
-"""raiox_core.backup: a portable archive of references, vectors (every model_id) and images.
+"""raiox_core.backup: a portable archive of references, vectors (every embedding_model) and images.
 
 Round trip from one database and local storage into an empty database on S3 storage: the same
 matches; restore is all or nothing per reference and idempotent; damaged or foreign archives are
@@ -59,13 +59,13 @@ def empty_db(pg_url):
 
 @pytest.fixture
 def source_set(db, settings, embedder):
-    """References in the test database and local storage: odd names, a DICOM, vectors of two model_ids."""
+    """References in the test database and local storage: odd names, a DICOM, vectors of two embedding_models."""
     storage = open_storage(settings)
     batch = [Source.from_bytes(n, d) for n, d in FILES]
     batch += [Source.from_bytes(SQL_NAME, encode(picture(700), "PNG"), LabelOverride("<b>Zimmer</b>", "TSV", 4.7)),
               Source.from_bytes("NEODENT_DRIVE_3.5mm_70.dcm", dicom_with_patient(701), None)]
     assert len(ingest(batch, db=db, storage=storage, embedder=embedder, source="synthetic", limits=ImageLimits()).ingested) == len(batch)
-    assert reembed(db, storage, replace(embedder, model_id=OTHER_MODEL)) == len(batch)
+    assert reembed(db, storage, replace(embedder, embedding_model=OTHER_MODEL)) == len(batch)
     return storage
 
 
@@ -87,9 +87,9 @@ def rows_by_sha(db) -> dict[str, dict]:
     return {r["sha256"]: {k: r[k] for k in keep} for r in db.list(limit=10_000)}
 
 
-def vectors_by_sha(db, model_id) -> dict[str, list]:
+def vectors_by_sha(db, embedding_model) -> dict[str, list]:
     sha_of = {r["id"]: r["sha256"] for r in db.list(limit=10_000)}
-    return {sha_of[r["id"]]: r["embedding"].tolist() for r in db.embeddings(model_id)}
+    return {sha_of[r["id"]]: r["embedding"].tolist() for r in db.embeddings(embedding_model)}
 
 
 def test_round_trip_into_an_empty_database_on_s3_gives_the_same_matches(
@@ -111,16 +111,16 @@ def test_round_trip_into_an_empty_database_on_s3_gives_the_same_matches(
 
     assert rows_by_sha(empty_db) == rows_by_sha(db)  # labels, names, sizes, source; new ids
     assert empty_db.stats()["embedding_models"] == {MODEL_ID: 10, OTHER_MODEL: 10}
-    for model_id in (MODEL_ID, OTHER_MODEL):
-        assert vectors_by_sha(empty_db, model_id) == vectors_by_sha(db, model_id)  # bit for bit
-    assert_consistent(empty_db, s3, model_ids=(MODEL_ID, OTHER_MODEL))
+    for embedding_model in (MODEL_ID, OTHER_MODEL):
+        assert vectors_by_sha(empty_db, embedding_model) == vectors_by_sha(db, embedding_model)  # bit for bit
+    assert_consistent(empty_db, s3, embedding_models=(MODEL_ID, OTHER_MODEL))
     assert answers(empty_db, embedder, queries) == before
 
     # References present already are skipped; missing ones are put back.
     for row in empty_db.list(limit=3):
         delete_reference(empty_db, s3, row["id"])
     assert restore(empty_db, s3, path) == {"restored": 3, "skipped": 7, "images_restored": 0}
-    assert_consistent(empty_db, s3, model_ids=(MODEL_ID, OTHER_MODEL))
+    assert_consistent(empty_db, s3, embedding_models=(MODEL_ID, OTHER_MODEL))
     assert answers(empty_db, embedder, queries) == before
 
 
@@ -140,11 +140,11 @@ def test_restore_is_all_or_nothing_per_transaction_and_resumes(db, source_set, e
     monkeypatch.setattr(target, "put", put_fails_third_time)
     with pytest.raises(StorageError, match="The storage is down."):
         restore(empty_db, target, tmp_path / "b.zip")
-    assert assert_consistent(empty_db, target, model_ids=(MODEL_ID, OTHER_MODEL)) == []  # nothing half-written
+    assert assert_consistent(empty_db, target, embedding_models=(MODEL_ID, OTHER_MODEL)) == []  # nothing half-written
     assert len(puts) == 3  # two images were stored before the failure: assert_consistent saw them taken back
     monkeypatch.undo()
     assert restore(empty_db, target, tmp_path / "b.zip") == {"restored": 10, "skipped": 0, "images_restored": 0}
-    assert len(assert_consistent(empty_db, target, model_ids=(MODEL_ID, OTHER_MODEL))) == 10
+    assert len(assert_consistent(empty_db, target, embedding_models=(MODEL_ID, OTHER_MODEL))) == 10
 
 
 def rewrite(src, dst, changes: dict) -> None:
@@ -276,7 +276,7 @@ def test_backup_goes_on_past_a_missing_image_and_restore_puts_a_lost_image_back(
     gone = empty_db.list(limit=1)[0]
     target.delete(gone["object_key"])
     assert restore(empty_db, target, path) == {"restored": 0, "skipped": 9, "images_restored": 1}
-    assert len(assert_consistent(empty_db, target, model_ids=(MODEL_ID, OTHER_MODEL))) == 9
+    assert len(assert_consistent(empty_db, target, embedding_models=(MODEL_ID, OTHER_MODEL))) == 9
 
     monkeypatch.setenv("RAIOX_DATABASE_URL", pg_url)
     monkeypatch.setenv("RAIOX_DATA_DIR", str(settings.data_dir))

@@ -16,7 +16,7 @@ from tests.reliability.conftest import (
 )
 
 # Only hashes, results and feedback: a new column here must be a deliberate, reviewed decision.
-MATCH_LOG_COLUMNS = {"id", "created_at", "query_sha256", "model_id", "k", "filters", "results", "confidence",
+MATCH_LOG_COLUMNS = {"id", "created_at", "query_sha256", "embedding_model", "k", "filters", "results", "confidence",
                      "confident", "confidence_of", "answer", "feedback", "feedback_label", "feedback_at"}
 
 
