@@ -30,15 +30,47 @@ def _cell(page, row: int, column: str) -> tuple[float, float]:
     return box["x"] + left + COLUMN_PX[column] / 2, box["y"] + ROW_PX * (row + 1) + ROW_PX / 2
 
 
-def _type_and_enter(page, text: str) -> None:
-    """Type into the cell the grid has selected or opened, at a person's pace, then press Enter once the editor
-    shows the text (the grid's editor takes keys a moment after it opens; Enter commits what it shows)."""
-    page.wait_for_timeout(300)
-    page.keyboard.type(text, delay=50)
+# Each grid (the label editor, then the validation table) renders a hidden <table> of its cells for screen readers
+# once drawn; the cell the grid has selected there has the focus, until a cell editor opens and takes it.
+GRID_TABLES = "[data-testid='stDataFrame'] table"
+EDITING = "() => document.activeElement && document.activeElement.classList.contains('gdg-input')"
+CELL_STATE = """([tables, id]) => { const editor = document.querySelectorAll(tables)[0], a = document.activeElement;
+    if (a && a.classList.contains('gdg-input')) return 'editing';
+    return editor && a && editor.contains(a) && a.id === id ? 'selected' : null; }"""
+VALIDATION_CHANGED = """([tables, before]) => { const t = document.querySelectorAll(tables)[1];
+    return t && t.textContent && t.textContent !== before; }"""
+
+
+def _validation(page) -> str:
+    """The validation table's text, once both grids are drawn (a click before that may land on nothing)."""
+    table = page.locator(GRID_TABLES).nth(1)
+    table.wait_for(state="attached", timeout=60_000)
+    return table.text_content()
+
+
+def _cell_state(page, row: int, column: str) -> str:
+    """Wait until the grid has selected one cell of the label editor or opened a cell editor (a click, a double-
+    click or a key takes a moment; a double-click opens a number cell's editor, only selects a text cell)."""
+    cell = f"glide-cell-{list(COLUMN_PX).index(column)}-{row}"
+    return page.wait_for_function(CELL_STATE, arg=[GRID_TABLES, cell], timeout=10_000).json_value()
+
+
+def _type_and_enter(page, row: int, column: str, text: str) -> None:
+    """Type into a cell of the label editor at a person's pace, once its editor has the focus (a selected cell's
+    editor opens on the first key; keys typed while it opens are lost), press Enter once the editor shows the
+    text, then wait for the page's rerun with the edit (the validation table changes: every edit here changes
+    what the row still lacks)."""
+    before = _validation(page)
+    typed = ""
+    if _cell_state(page, row, column) == "selected":
+        typed = text[0]
+        page.keyboard.type(typed)  # opens the cell's editor, with this key in it
+        page.wait_for_function(EDITING, timeout=10_000)
+    page.keyboard.type(text[len(typed):], delay=50)
     page.wait_for_function("text => document.activeElement && document.activeElement.value === text", arg=text,
                            timeout=10_000)
     page.keyboard.press("Enter")
-    page.wait_for_timeout(500)
+    page.wait_for_function(VALIDATION_CHANGED, arg=[GRID_TABLES, before], timeout=60_000)
     wait_idle(page)
 
 
@@ -56,15 +88,17 @@ def test_labels_typed_into_the_table_are_stored(browser, app_url, tmp_path):  # 
     page.locator("input[type='file']").first.set_input_files([str(named), str(unnamed)])
     page.get_by_text("1 ready, 0 duplicates, 1 rejected.").wait_for(timeout=120_000)
     wait_idle(page)
+    _validation(page)
 
     # Each edit reruns the page; the next one must find the previous one still there.
     page.mouse.click(*_cell(page, 1, "file"))  # keyboard: select a cell, arrow to the next one, type
+    assert _cell_state(page, 1, "file") == "selected"
     page.keyboard.press("ArrowRight")
-    _type_and_enter(page, "neodent")
-    page.mouse.dblclick(*_cell(page, 1, "model"))  # mouse: double-click opens the cell's editor
-    _type_and_enter(page, "helix")
+    _type_and_enter(page, 1, "manufacturer", "neodent")
+    page.mouse.dblclick(*_cell(page, 1, "model"))  # mouse: double-click a cell, type
+    _type_and_enter(page, 1, "model", "helix")
     page.mouse.dblclick(*_cell(page, 1, "diameter_mm"))
-    _type_and_enter(page, "3.75")
+    _type_and_enter(page, 1, "diameter_mm", "3.75")
     # Every edit survived the reruns between them: the row is now ready.
     page.get_by_text("2 ready, 0 duplicates, 0 rejected.").wait_for(timeout=60_000)
     wait_idle(page)
