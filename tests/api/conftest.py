@@ -99,3 +99,20 @@ def make_key(pg_url):
 
     yield make
     db.close()
+
+
+@pytest.fixture(scope="session")
+def demo():
+    """26 synthetic X-rays named MANUFACTURER_MODEL_DIAMETER_NN.png, one per diameter."""
+    from raiox_core.synthetic import demo_files
+
+    return demo_files(per_diameter=1)
+
+
+@pytest.fixture(scope="session")
+def seeded(api, make_key, demo) -> dict:
+    """The first 12 demo images ingested through POST /v1/references; its answer."""
+    files = [("file", (name, data, "image/png")) for name, data in demo[:12]]
+    response = api.client.post("/v1/references", files=files, headers=make_key("staff"))
+    assert response.status_code == 200, response.text
+    return response.json()
