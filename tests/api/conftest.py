@@ -37,16 +37,16 @@ class Server:
         self.client = httpx.Client(base_url=self.url, timeout=60)
 
     def wait(self, path: str, status: int, timeout_s: float = 120) -> httpx.Response:
-        deadline = time.monotonic() + timeout_s
+        deadline, last = time.monotonic() + timeout_s, None
         while True:
             assert self.process.poll() is None, self.output()
             try:
-                response = self.client.get(path)
-                if response.status_code == status:
-                    return response
+                last = self.client.get(path)
+                if last.status_code == status:
+                    return last
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, f"{path} never answered {status}: {self.output()}"
+            assert time.monotonic() < deadline, f"{path} never answered {status} ({last and last.text}): {self.output()}"
             time.sleep(0.1)
 
     def output(self) -> str:

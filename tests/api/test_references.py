@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
+import httpx
 import pytest
 
 from raiox_core.images import ImageLimits, prepare_image
@@ -112,3 +114,42 @@ def test_relabel_and_delete_with_a_staff_key(api, seeded, make_key, demo):
     again = api.client.delete(path, headers=staff)
     assert again.status_code == 404 and again.json() == {"error": f"There is no reference with id {added['id']}."}
     assert api.client.patch(path, json={"model": "X"}, headers=staff).status_code == 404
+
+
+@pytest.fixture(scope="module")
+def on_s3(api, s3_endpoint, s3_bucket, tmp_path_factory):
+    """A second server over the same database, its images in moto's S3."""
+    from tests.api.conftest import Server
+
+    here = tmp_path_factory.mktemp("api-s3")
+    aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}  # moto's, set by s3_endpoint
+    env = {**api.env, **aws, "RAIOX_DATA_DIR": str(here / "data"), "RAIOX_STORAGE_URL": f"s3://{s3_bucket}/raiox",
+           "RAIOX_S3_ENDPOINT_URL": s3_endpoint}
+    server = Server(env, here / "server.log")
+    server.wait("/readyz", 200)
+    yield server
+    output = server.stop()
+    assert "Traceback" not in output, output
+
+
+@pytest.fixture(scope="module")
+def s3_bucket(s3_endpoint):
+    import boto3
+
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="raiox-api-test")
+    return "raiox-api-test"
+
+
+def test_an_image_on_s3_is_a_redirect_to_a_presigned_url(on_s3, make_key, demo):
+    staff = make_key("staff")
+    added = on_s3.client.post("/v1/references", files=[("file", demo[22])], headers=staff).json()["ingested"][0]
+    try:
+        image = on_s3.client.get(f"/v1/references/{added['id']}/image", headers=staff)
+        assert image.status_code == 307
+        assert image.headers["location"].startswith("http://127.0.0.1:")  # moto's endpoint
+        assert "X-Amz-Expires=300" in image.headers["location"] and "X-Amz-Signature=" in image.headers["location"]
+        fetched = httpx.get(image.headers["location"])  # no key: the signature is the permission
+        assert fetched.status_code == 200
+        assert fetched.content == prepare_image(demo[22][1], ImageLimits()).png
+    finally:
+        assert on_s3.client.delete(f"/v1/references/{added['id']}", headers=staff).status_code == 204
