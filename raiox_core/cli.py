@@ -188,7 +188,7 @@ def cmd_match(args, s: Session) -> int:
 
     filters = Filters(manufacturer=resolve_manufacturer(s.db, args.manufacturer))  # "zimmer" means Zimmer
     answers = match_files([(name, Path(name).read_bytes) for name in args.images], limits=s.limits, db=s.db,
-                          embedder=s.embedder, threshold=s.settings.match_threshold, k=args.k, filters=filters)
+                          embedder=lambda: s.embedder, threshold=s.settings.match_threshold, k=args.k, filters=filters)
     if args.json:
         print(json.dumps([a.to_json() for a in answers], indent=2, ensure_ascii=False))
     else:

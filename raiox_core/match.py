@@ -253,13 +253,17 @@ class Refusal:
 
 
 def match_files(files: Iterable[tuple[str, Callable[[], bytes]]], *, limits: ImageLimits,
-                **kwargs) -> list[MatchResult | Refusal]:
+                embedder: Callable[[], Embedder], **kwargs) -> list[MatchResult | Refusal]:
     """Match each (name, read) in turn: a MatchResult, or a Refusal for a file that is not an accepted image
-    or cannot be read. `raiox match` and POST /v1/match both answer with this list's to_json()s."""
+    or cannot be read. `raiox match` and POST /v1/match both answer with this list's to_json()s.
+
+    `embedder` is called only once a file has been read: files that cannot be read need no model.
+    """
     answers: list[MatchResult | Refusal] = []
     for name, read in files:
         try:
-            answers.append(match_bytes(read(), limits=limits, file=name, **kwargs))
+            data = read()
+            answers.append(match_bytes(data, limits=limits, file=name, embedder=embedder(), **kwargs))
         except ImageRejected as exc:
             answers.append(Refusal(name, str(exc)))
         except OSError as exc:

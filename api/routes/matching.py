@@ -58,7 +58,7 @@ async def match(request: Request, _=Depends(require(MATCH))) -> list[dict]:
     def run() -> list:
         filters = Filters(manufacturer=resolve_manufacturer(resources.db, form.fields.get("manufacturer")))
         return match_files([(u.filename, lambda u=u: bytes(u.data)) for u in images], limits=resources.limits,
-                           db=resources.db, embedder=embedder, threshold=resources.settings.match_threshold,
+                           db=resources.db, embedder=lambda: embedder, threshold=resources.settings.match_threshold,
                            k=k, filters=filters)
 
     answers = await run_in_threadpool(run)
