@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from . import packaged, process
-from .config import Settings
-from .errors import ImageRejected, RaioxError
+from .config import MAX_K, Settings
+from .errors import RaioxError
 from .text import printable as shown  # every user-supplied string in human output goes through it
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
@@ -32,7 +32,7 @@ def _int_between(low: int, high: int):
     return parse
 
 
-MAX_K, MAX_LIST = 50, 1_000_000
+MAX_LIST = 1_000_000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,6 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("restore", help="load an archive written by `raiox backup` (existing references are kept)")
     s.add_argument("path", metavar="PATH")
+
+    s = sub.add_parser("api", help="start the HTTP API (OpenAPI documentation at /docs)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=_int_between(1, 65535), default=8000)
+
+    s = sub.add_parser("keys", help="create, list and revoke keys of the HTTP API")
+    keys = s.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    k = keys.add_parser("create", help="create a key and print it, once")
+    k.add_argument("name", metavar="NAME")
+    k.add_argument("--scope", required=True, choices=("match", "staff", "webhook"),
+                   help="match: match and read; staff: also ingest, relabel and delete; webhook: form webhooks")
+    k.add_argument("--json", action="store_true")
+    k = keys.add_parser("list", help="list keys (never the keys themselves)")
+    k.add_argument("--json", action="store_true")
+    k = keys.add_parser("revoke", help="revoke the active key of a name")
+    k.add_argument("name", metavar="NAME")
 
     s = sub.add_parser("bench", help="measure ingestion, matching, search, encoder, explorer and memory here")
     s.add_argument("--quick", action="store_true", help="small sizes: checks that every figure is produced")
@@ -168,28 +184,20 @@ def cmd_ingest(args, s: Session) -> int:
 
 def cmd_match(args, s: Session) -> int:
     from .db import Filters
-    from .match import match_bytes, resolve_manufacturer
+    from .match import Refusal, match_files, resolve_manufacturer
 
     filters = Filters(manufacturer=resolve_manufacturer(s.db, args.manufacturer))  # "zimmer" means Zimmer
-    results, refused = [], False
-    for name in args.images:
-        try:
-            data = Path(name).read_bytes()
-            result = match_bytes(data, limits=s.limits, file=name, db=s.db, embedder=s.embedder,
-                                 threshold=s.settings.match_threshold, k=args.k,
-                                 filters=filters)
-            results.append(result.to_json())
-            if not args.json:
-                _print_match(result)
-        except (ImageRejected, OSError) as exc:
-            refused = True
-            reason = str(exc) if isinstance(exc, ImageRejected) else f"{name} could not be read ({exc.strerror})."
-            results.append({"file": name, "error": reason})
-            if not args.json:
-                _err(f"{name}: {reason}")
+    answers = match_files([(name, Path(name).read_bytes) for name in args.images], limits=s.limits, db=s.db,
+                          embedder=lambda: s.embedder, threshold=s.settings.match_threshold, k=args.k, filters=filters)
     if args.json:
-        print(json.dumps(results, indent=2, ensure_ascii=False))
-    return EXIT_REFUSED if refused else EXIT_OK
+        print(json.dumps([a.to_json() for a in answers], indent=2, ensure_ascii=False))
+    else:
+        for answer in answers:
+            if isinstance(answer, Refusal):
+                _err(f"{answer.file}: {answer.error}")
+            else:
+                _print_match(answer)
+    return EXIT_REFUSED if any(isinstance(a, Refusal) for a in answers) else EXIT_OK
 
 
 def _print_match(result) -> None:
@@ -214,11 +222,11 @@ def cmd_list(args, s: Session) -> int:
 
 
 def cmd_stats(args, s: Session) -> int:
-    stats = s.db.stats()
+    from .references import stats_json
+
+    stats = stats_json(s.db)
     if args.json:
-        shape = {k: stats[k] for k in ("references", "by_manufacturer", "embedding_models")}
-        shape["models"] = stats["embedding_models"]  # the same, under its name before 0.2; goes in 0.3
-        print(json.dumps(shape, indent=2, ensure_ascii=False))
+        print(json.dumps(stats, indent=2, ensure_ascii=False))
     else:
         print(f"{stats['references']} references")
         for name, n in stats["by_manufacturer"].items():
@@ -424,10 +432,42 @@ def cmd_app(args, s: Session) -> int:
     os.execv(sys.executable, command)  # replaces this process: Ctrl-C and signals reach streamlit directly
 
 
+def cmd_api(args, s: Session) -> int:
+    try:
+        from raiox_api.server import serve  # fastapi and uvicorn only for this command
+    except ModuleNotFoundError as exc:
+        raise RaioxError(f"raiox api needs {exc.name}, which is not installed; reinstall Raiox (pip install raiox).") from None
+    serve(s.settings, host=args.host, port=args.port)
+    return EXIT_OK
+
+
+def cmd_keys(args, s: Session) -> int:
+    from . import api_keys
+
+    if args.keys_command == "create":
+        key, secret = api_keys.create_key(s.db, args.name, args.scope)
+        if args.json:
+            print(json.dumps({"name": key.name, "scope": key.scope, "key": secret}))
+        else:
+            print(secret)
+            _err(f"Key {shown(key.name)} ({key.scope}) created; it is shown only now: store it in a secret manager.")
+    elif args.keys_command == "list":
+        found = api_keys.list_keys(s.db)
+        if args.json:
+            print(json.dumps([k.to_json() for k in found], indent=2, ensure_ascii=False))
+        for k in [] if args.json else found:
+            state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
+            print(f"{shown(k.name):<24} {k.scope:<8} created {k.created_at:%Y-%m-%d %H:%M}  {state}")
+    else:
+        api_keys.revoke_key(s.db, args.name)
+        print(f"revoked {shown(args.name)}")
+    return EXIT_OK
+
+
 COMMANDS = {
     "demo": cmd_demo, "app": cmd_app, "ingest": cmd_ingest, "match": cmd_match, "list": cmd_list,
     "stats": cmd_stats, "delete": cmd_delete, "doctor": cmd_doctor, "reembed": cmd_reembed,
-    "backup": cmd_backup, "restore": cmd_restore, "bench": cmd_bench,
+    "backup": cmd_backup, "restore": cmd_restore, "bench": cmd_bench, "api": cmd_api, "keys": cmd_keys,
 }
 
 

@@ -11,6 +11,7 @@ from .errors import ConfigError
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+MAX_K = 50  # the most references a match answers with, on every door
 _BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
@@ -45,6 +46,7 @@ class Settings:
     staff_password: str | None = field(default=None, repr=False)
     pool_max_size: int = 8
     db_timeout_s: float = 10.0
+    api_rate_per_min: int = 120  # requests per minute and per key on the HTTP API
 
     @property
     def embedded_database(self) -> bool:
@@ -102,6 +104,7 @@ class Settings:
             ("RAIOX_MATCH_THRESHOLD", "match_threshold", float, 0.0, 1.0),
             ("RAIOX_POOL_MAX_SIZE", "pool_max_size", int, 2, 1000),
             ("RAIOX_DB_TIMEOUT_S", "db_timeout_s", float, 0.1, 3600),
+            ("RAIOX_API_RATE_PER_MIN", "api_rate_per_min", int, 1, 1_000_000),
         ]:
             if (v := get(name)) is None:
                 continue

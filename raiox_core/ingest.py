@@ -442,6 +442,18 @@ def ingest_paths(paths: Iterable[str | os.PathLike], labels: LabelOverride | Non
     return report
 
 
+def ingest_uploads(uploads: Iterable[tuple[str, bytes]], labels: LabelOverride | None = None, **kwargs) -> IngestReport:
+    """sources_from_upload for each (file name, bytes) + ingest: uploaded images and zips (the HTTP API)."""
+    sources, refused = [], []
+    for name, data in uploads:
+        found, bad = sources_from_upload(name, data, labels)
+        sources += found
+        refused += bad
+    report = ingest(sources, **kwargs)
+    report.items = refused + report.items
+    return report
+
+
 def report_dicts(report: IngestReport) -> list[dict]:
     """One flat dict per file, for tables."""
     return [asdict(i) for i in report.items]

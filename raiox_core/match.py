@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Callable, Iterable
 
+from .config import MAX_K  # noqa: F401  (re-exported: the doors validate k against it)
 from .db import Database, Filters
 from .embedder import Embedder
-from .errors import NotFound
+from .errors import ImageRejected, NotFound
 from .images import ImageLimits, PreparedImage, prepare_image
 from .naming import canonical_manufacturer
 from .references import Neighbour, Reference
@@ -47,6 +50,8 @@ class MatchResult:
     threshold: float = 0.0  # the confidence needed for a confident answer
     query: PreparedImage | None = field(default=None, repr=False)
     log_id: int | None = None
+    # Seconds per stage (decode, embed, search, vote), for the API's metrics; not part of the JSON.
+    timings: dict[str, float] = field(default_factory=dict, repr=False)
 
     @property
     def answer(self) -> str:
@@ -104,11 +109,7 @@ class MatchResult:
             "restricted_to": self.restricted_to,
             "exact_reference": None if self.exact is None else {
                 f: getattr(self.exact, f) for f in ("id", "manufacturer", "model", "diameter_mm", "source_filename")},
-            "matches": [
-                {"id": m.id, "manufacturer": m.manufacturer, "model": m.model, "diameter_mm": m.diameter_mm,
-                 "similarity": round(m.similarity, 4), "source_filename": m.source_filename}
-                for m in self.matches
-            ],
+            "matches": [m.to_json() for m in self.matches],
             "vote": {
                 "manufacturer": [{"label": s.label, "probability": round(s.probability, 4)} for s in self.manufacturer_vote],
                 "model": [{"label": s.label, "probability": round(s.probability, 4)} for s in self.model_vote],
@@ -188,19 +189,24 @@ def match_image(
     A query whose pixels are those of a stored reference is answered as that reference, whatever the
     filter: the identification then rests on the reference's label, not on the vote.
     """
+    clock = _Stages()
     vector = embedder.encode_one(image.image)
+    clock.lap("embed")
     rows = db.search(vector, embedder.embedding_model, k=max(k, VOTE_POOL), filters=filters)
     neighbours = [Neighbour.from_row(r) for r in rows]
+    clock.lap("search")
     manufacturers, models = vote(neighbours[:VOTE_POOL])  # the same vote whatever k
     basis, confidence = confidence_for(db.label_variety(embedder.embedding_model, filters), manufacturers, models)
     confident = basis is not None and bool(neighbours) and confidence >= threshold
     exact = _exact_reference(db, image.sha256)
     if exact is not None:
         basis, confidence, confident = "exact image", 1.0, True
+    clock.lap("vote")
     result = MatchResult(
         file=file, embedding_model=embedder.embedding_model, trained=embedder.trained, matches=neighbours[:k],
         manufacturer_vote=manufacturers, model_vote=models, confidence=confidence, confident=confident,
         confidence_of=basis, restricted_to=filters.manufacturer or None, exact=exact, threshold=threshold, query=image,
+        timings=clock.seconds,
     )
     if log:
         result.log_id = db.log_match(
@@ -211,6 +217,55 @@ def match_image(
     return result
 
 
+class _Stages:
+    """Seconds spent in each stage since the previous lap."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = now - self._last
+        self._last = now
+
+
 def match_bytes(data: bytes, *, limits: ImageLimits, file: str = "", **kwargs) -> MatchResult:
     """prepare_image + match_image; ImageRejected propagates with its one-sentence reason."""
-    return match_image(prepare_image(data, limits), file=file, **kwargs)
+    clock = _Stages()
+    image = prepare_image(data, limits)
+    clock.lap("decode")
+    result = match_image(image, file=file, **kwargs)
+    result.timings = {**clock.seconds, **result.timings}
+    return result
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A query file that could not be matched, and why (one sentence)."""
+
+    file: str
+    error: str
+
+    def to_json(self) -> dict:
+        """A refused entry of `raiox match --json`."""
+        return {"file": self.file, "error": self.error}
+
+
+def match_files(files: Iterable[tuple[str, Callable[[], bytes]]], *, limits: ImageLimits,
+                embedder: Callable[[], Embedder], **kwargs) -> list[MatchResult | Refusal]:
+    """Match each (name, read) in turn: a MatchResult, or a Refusal for a file that is not an accepted image
+    or cannot be read. `raiox match` and POST /v1/match both answer with this list's to_json()s.
+
+    `embedder` is called only once a file has been read: files that cannot be read need no model.
+    """
+    answers: list[MatchResult | Refusal] = []
+    for name, read in files:
+        try:
+            data = read()
+            answers.append(match_bytes(data, limits=limits, file=name, embedder=embedder(), **kwargs))
+        except ImageRejected as exc:
+            answers.append(Refusal(name, str(exc)))
+        except OSError as exc:
+            answers.append(Refusal(name, f"{name} could not be read ({exc.strerror or type(exc).__name__})."))
+    return answers

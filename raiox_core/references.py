@@ -86,6 +86,11 @@ class Neighbour:
     def from_row(cls, row: dict) -> Neighbour:
         return cls(**{f: row[f] for f in cls.__dataclass_fields__})
 
+    def to_json(self) -> dict:
+        """One entry of `matches` in `raiox match --json`, and of a reference's neighbours on the API."""
+        return {"id": self.id, "manufacturer": self.manufacturer, "model": self.model, "diameter_mm": self.diameter_mm,
+                "similarity": round(self.similarity, 4), "source_filename": self.source_filename}
+
 
 @dataclass(frozen=True)
 class NewReference:
@@ -137,6 +142,14 @@ def neighbours(db: Database, reference_id: int, embedding_model: str, k: int = 6
         return None
     found = db.search(vector, embedding_model, k=k + 1)
     return [Neighbour.from_row(row) for row in found if row["id"] != reference_id][:k]
+
+
+def stats_json(db: Database) -> dict:
+    """The shape of `raiox stats --json` (and GET /v1/stats)."""
+    stats = db.stats()
+    shape = {k: stats[k] for k in ("references", "by_manufacturer", "embedding_models")}
+    shape["models"] = stats["embedding_models"]  # the same, under its name before 0.2; goes in 0.3
+    return shape
 
 
 # -- adding ---------------------------------------------------------------------------------------

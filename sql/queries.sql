@@ -180,3 +180,19 @@ SELECT pg_advisory_xact_lock(('x' || substr(%(sha256)s, 1, 16))::bit(64)::bigint
 
 -- name: reference-images
 SELECT id, sha256, object_key FROM reference_implants ORDER BY id;
+
+-- ---- API keys (raiox_core/api_keys.py): only a key's SHA-256 is stored.
+
+-- name: insert-api-key
+INSERT INTO api_keys (name, scope, key_sha256) VALUES (%(name)s, %(scope)s, %(key_sha256)s)
+RETURNING id, name, scope, created_at, revoked_at;
+
+-- name: list-api-keys
+SELECT id, name, scope, created_at, revoked_at FROM api_keys ORDER BY name, created_at;
+
+-- name: revoke-api-key
+UPDATE api_keys SET revoked_at = now() WHERE name = %(name)s AND revoked_at IS NULL RETURNING id;
+
+-- name: find-api-key
+SELECT id, name, scope, created_at, revoked_at FROM api_keys
+WHERE key_sha256 = %(key_sha256)s AND revoked_at IS NULL;

@@ -30,9 +30,10 @@ def wheel(tmp_path_factory) -> Path:
 def test_the_wheel_ships_sql_and_dashboard_under_raiox_names_only(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
-    assert top_level == {"raiox_core", "raiox_dashboard"}
+    assert top_level == {"raiox_core", "raiox_dashboard", "raiox_api"}
     for expected in ("raiox_core/sql/queries.sql", "raiox_core/sql/001_schema.sql", "raiox_dashboard/main.py",
-                     "raiox_dashboard/streamlit.toml", "raiox_dashboard/pages/match.py"):
+                     "raiox_dashboard/streamlit.toml", "raiox_dashboard/pages/match.py", "raiox_api/app.py",
+                     "raiox_api/routes/matching.py"):
         assert expected in names
     shipped = {Path(n).name for n in names if n.startswith("raiox_core/sql/") and n.endswith(".sql")}
     assert shipped == {p.name for p in (ROOT / "sql").glob("*.sql")}

@@ -1,0 +1,88 @@
+"""The API's resources: database, storage and model, loaded once at start-up, and whether they are ready."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from raiox_core.config import Settings
+from raiox_core.db import Database, open_database
+from raiox_core.errors import RaioxError
+from raiox_core.images import ImageLimits
+from raiox_core.model_state import ModelState, load_model_state
+from raiox_core.storage import Storage, open_storage
+
+from .errors import ApiError, not_ready
+
+log = logging.getLogger(__name__)
+
+
+class Resources:
+    """Opened in a background thread at start-up, so that /livez answers at once and /readyz says when
+    the model is in; the database is opened again on demand if it was down at start-up."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.limits = ImageLimits.from_settings(settings)
+        self.model: ModelState | None = None
+        self._db: Database | None = None
+        self._storage: Storage | None = None
+        self._lock = threading.Lock()
+        self._loaded = threading.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._load, name="raiox-api-load", daemon=True).start()
+
+    def _load(self) -> None:
+        try:
+            for opener in (lambda: self.db, lambda: self.storage):
+                try:
+                    opener()
+                except RaioxError as exc:  # retried on demand; /readyz says why meanwhile
+                    log.error("%s", exc)
+            self.model = load_model_state(self.settings)  # never raises: unavailable says why
+        except Exception:
+            log.exception("Loading the API's resources failed")
+        finally:
+            self._loaded.set()
+
+    @property
+    def db(self) -> Database:
+        with self._lock:
+            if self._db is None:
+                self._db = open_database(self.settings)
+            return self._db
+
+    @property
+    def storage(self) -> Storage:
+        with self._lock:
+            if self._storage is None:
+                self._storage = open_storage(self.settings)
+            return self._storage
+
+    @property
+    def embedder(self):
+        """The loaded embedder, or 503: still loading, or unavailable with the reason."""
+        if self.model is None:
+            raise not_ready("The model is still loading; retry after the Retry-After seconds.")
+        if not self.model.usable:
+            raise not_ready(self.model.message)
+        return self.model.embedder
+
+    def checks(self) -> dict[str, str | None]:
+        """check -> None when it passes, else the one-sentence reason (for /readyz)."""
+        found: dict[str, str | None] = {}
+        for name, probe in (("database", lambda: self.db.ping()), ("storage", lambda: self.storage.check_writable()),
+                            ("model", lambda: self.embedder)):
+            try:
+                probe()
+                found[name] = None
+            except RaioxError as exc:
+                found[name] = str(exc)
+            except ApiError as exc:
+                found[name] = exc.message
+        return found
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
