@@ -11,8 +11,10 @@ from raiox_core.config import Settings
 from . import errors
 from .metrics import Metrics, MetricsMiddleware
 from .rate_limit import RateLimiter
+from .request_log import RequestLog
 from .resources import Resources
-from .routes import health, matching, references
+from .intake import Intake
+from .routes import health, matching, references, webhooks
 
 DESCRIPTION = """Identify a dental implant on an X-ray by similarity to labelled references: the same answers,
 in the same JSON shapes, as `raiox ... --json` and the dashboard.
@@ -30,14 +32,17 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(_: FastAPI):
         resources.start()
         yield
+        app.state.intake.close()
         resources.close()
 
     app = FastAPI(title="Raiox", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.resources = resources
     app.state.rate_limiter = RateLimiter(settings.api_rate_per_min)
     app.state.metrics = Metrics(resources)
+    app.state.intake = Intake(resources)
     errors.install(app)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    for module in (health, matching, references):
+    app.add_middleware(RequestLog)  # outermost: the request id covers the metrics' and every handler's logging
+    for module in (health, matching, references, webhooks):
         app.include_router(module.router)
     return app

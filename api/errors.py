@@ -78,8 +78,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
         # The server's log has it (the type and message, and the traceback where the log format keeps one), the client not.
-        log.error("Unexpected error on %s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc,
-                  exc_info=exc)
+        # The route's template, not the path: a webhook's path holds its key.
+        route = getattr(request.scope.get("route"), "path", "an unknown path")
+        log.error("Unexpected error on %s %s: %s: %s", request.method, route, type(exc).__name__, exc, exc_info=exc)
         return error_response(500, "An internal error occurred; the server's log has the details.")
 
 

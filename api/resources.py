@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 
 from raiox_core.config import Settings
-from raiox_core.db import Database, open_database
+from raiox_core.db import Database, Filters, open_database
 from raiox_core.errors import RaioxError
 from raiox_core.images import ImageLimits
+from raiox_core.match import match_files
 from raiox_core.model_state import ModelState, load_model_state
 from raiox_core.storage import Storage, open_storage
 
@@ -68,6 +70,13 @@ class Resources:
         if not self.model.usable:
             raise not_ready(self.model.message)
         return self.model.embedder
+
+    def matcher(self, k: int = 3, filters: Filters = Filters()):
+        """match_files bound to this process's database, model, limits and threshold: what /v1/match and the
+        webhook both run, so that both answer alike."""
+        embedder = self.embedder
+        return functools.partial(match_files, limits=self.limits, db=self.db, embedder=lambda: embedder,
+                                 threshold=self.settings.match_threshold, k=k, filters=filters)
 
     def checks(self) -> dict[str, str | None]:
         """check -> None when it passes, else the one-sentence reason (for /readyz)."""

@@ -48,8 +48,8 @@ def _too_large(message: str) -> ApiError:
 class _Reader:
     """python-multipart's callbacks, collecting parts and refusing as soon as a limit is passed."""
 
-    def __init__(self, max_file_bytes: int):
-        self.max_file_bytes = max_file_bytes
+    def __init__(self, max_file_bytes: int, max_fields: int, max_field_bytes: int):
+        self.max_file_bytes, self.max_fields, self.max_field_bytes = max_file_bytes, max_fields, max_field_bytes
         self.form = Form()
         self._part: Upload | None = None
         self._is_file = False
@@ -82,8 +82,8 @@ class _Reader:
         self._is_file = b"filename" in options
         if self._is_file and len(self.form.files) >= MAX_FILES:
             raise _too_large(f"At most {MAX_FILES} files per request; send the others in another request.")
-        if not self._is_file and len(self.form.fields) >= MAX_FIELDS:
-            raise ApiError(400, f"At most {MAX_FIELDS} form fields per request.")
+        if not self._is_file and len(self.form.fields) >= self.max_fields:
+            raise ApiError(400, f"At most {self.max_fields} form fields per request.")
         filename = options.get(b"filename", b"").decode("utf-8", "replace") or "upload"
         self._part = Upload(name, filename)
 
@@ -93,8 +93,8 @@ class _Reader:
         if self._is_file and len(part.data) > self.max_file_bytes:
             raise _too_large(f"{part.filename[:120]} is larger than the limit of {_megabytes(self.max_file_bytes)} "
                              "per file (RAIOX_MAX_UPLOAD_MB).")
-        if not self._is_file and len(part.data) > MAX_FIELD_BYTES:
-            raise ApiError(400, f"The form field {part.field[:40]!r} is longer than {MAX_FIELD_BYTES} bytes.")
+        if not self._is_file and len(part.data) > self.max_field_bytes:
+            raise ApiError(400, f"The form field {part.field[:40]!r} is longer than {self.max_field_bytes:,} bytes.")
 
     def on_part_end(self) -> None:
         part, self._part = self._part, None
@@ -104,17 +104,18 @@ class _Reader:
             self.form.fields[part.field] = part.data.decode("utf-8", "replace")
 
 
-async def read_form(request: Request, max_file_bytes: int) -> Form:
+async def read_form(request: Request, max_file_bytes: int, *, max_fields: int = MAX_FIELDS,
+                    max_field_bytes: int = MAX_FIELD_BYTES) -> Form:
     """The request's multipart form, read chunk by chunk; 400 for a body that is not one, 413 over the limits."""
     kind, options = parse_options_header(request.headers.get("content-type", ""))
     if kind != b"multipart/form-data" or b"boundary" not in options:
         raise ApiError(400, "Send the files as multipart/form-data (curl -F image=@scan.png).")
     declared = request.headers.get("content-length")
-    ceiling = MAX_FILES * (max_file_bytes + _PART_OVERHEAD) + MAX_FIELDS * (MAX_FIELD_BYTES + _PART_OVERHEAD)
+    ceiling = MAX_FILES * (max_file_bytes + _PART_OVERHEAD) + max_fields * (max_field_bytes + _PART_OVERHEAD)
     if declared is not None and declared.isdigit() and int(declared) > ceiling:
         raise _too_large(f"The request body of {int(declared):,} bytes is over the limit of {MAX_FILES} files of "
                          f"{_megabytes(max_file_bytes)} each.")
-    reader = _Reader(max_file_bytes)
+    reader = _Reader(max_file_bytes, max_fields, max_field_bytes)
     parser = python_multipart.MultipartParser(options[b"boundary"], reader.callbacks())
     try:
         async for chunk in request.stream():

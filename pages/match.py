@@ -10,7 +10,9 @@ import plotly.express as px
 import streamlit as st
 from PIL import Image
 
+from raiox_dashboard.auth import is_staff
 from raiox_dashboard.resources import cached_stats, get_db, get_limits, get_model_state, get_settings, get_storage
+from raiox_dashboard.submissions import recent_submissions
 from raiox_dashboard.widgets import DISCLAIMER, md_escape, missing_vectors_notice, plot_text, session_memo, show_error, untrained_warning
 from raiox_core.compare import adjust, compare
 from raiox_core.db import Filters
@@ -67,6 +69,8 @@ st.title("Match an X-ray")
 st.caption("No patient data is asked for or kept: only a hash of the normalised image is logged, never the "
            f"file or its name. {DISCLAIMER}")
 untrained_warning()
+if is_staff():  # signed in on a staff page (ingest, references) in this session
+    recent_submissions()
 state = get_model_state()
 if not state.usable:
     st.error(f"Matching is unavailable: the image model could not be loaded. {md_escape(state.reason)}",

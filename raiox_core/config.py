@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Mapping
 
 from .errors import ConfigError
+from .remote_files import Fetcher, HostList
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 MAX_K = 50  # the most references a match answers with, on every door
+# Where Jotform serves uploaded files (US, EU and HIPAA accounts); a host a file URL redirects to must be listed too.
+JOTFORM_FILE_HOSTS = "www.jotform.com,eu.jotform.com,hipaa.jotform.com,files.jotform.com"
 _BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
@@ -47,6 +50,12 @@ class Settings:
     pool_max_size: int = 8
     db_timeout_s: float = 10.0
     api_rate_per_min: int = 120  # requests per minute and per key on the HTTP API
+    # The web-form webhook (raiox_core/jotform.py, remote_files.py, submissions.py).
+    jotform_file_hosts: str = JOTFORM_FILE_HOSTS
+    jotform_api_key: str | None = field(default=None, repr=False)
+    jotform_timeout_s: float = 10.0
+    result_webhook_url: str | None = field(default=None, repr=False)  # may carry a token
+    log_format: str = "text"  # of `raiox api`'s log: "text" or "json" (one object per line)
 
     @property
     def embedded_database(self) -> bool:
@@ -83,12 +92,16 @@ class Settings:
             ("RAIOX_MODEL", "model"),
             ("RAIOX_PRETRAINED", "pretrained"),
             ("RAIOX_STAFF_PASSWORD", "staff_password"),
+            ("RAIOX_JOTFORM_FILE_HOSTS", "jotform_file_hosts"),
+            ("RAIOX_JOTFORM_API_KEY", "jotform_api_key"),
+            ("RAIOX_RESULT_WEBHOOK_URL", "result_webhook_url"),
         ]:
             if (v := get(name)) is not None:
                 kwargs[attr] = v
         for name, attr, choices in [
             ("RAIOX_DEVICE", "device", ("auto", "cpu", "cuda")),
             ("RAIOX_PRECISION", "precision", ("auto", "fp32")),
+            ("RAIOX_LOG_FORMAT", "log_format", ("text", "json")),
         ]:
             if (v := get(name)) is not None:
                 if v not in choices:
@@ -105,6 +118,7 @@ class Settings:
             ("RAIOX_POOL_MAX_SIZE", "pool_max_size", int, 2, 1000),
             ("RAIOX_DB_TIMEOUT_S", "db_timeout_s", float, 0.1, 3600),
             ("RAIOX_API_RATE_PER_MIN", "api_rate_per_min", int, 1, 1_000_000),
+            ("RAIOX_JOTFORM_TIMEOUT_S", "jotform_timeout_s", float, 0.1, 600),
         ]:
             if (v := get(name)) is None:
                 continue
@@ -115,4 +129,14 @@ class Settings:
             if not low <= value <= high:
                 raise ConfigError(f"{name} must be between {low} and {high}, not {v}.")
             kwargs[attr] = value
-        return cls(**kwargs)
+        settings = cls(**kwargs)
+        try:
+            HostList.parse(settings.jotform_file_hosts)
+        except ValueError as exc:
+            raise ConfigError(f"RAIOX_JOTFORM_FILE_HOSTS is a comma-separated list of host or host:port, {exc}.") from None
+        return settings
+
+    def file_fetcher(self) -> Fetcher:
+        """The downloader of a web form's uploads under these settings (allowed hosts, size limit, timeout)."""
+        headers = (("APIKEY", self.jotform_api_key),) if self.jotform_api_key else ()
+        return Fetcher(HostList.parse(self.jotform_file_hosts), self.max_upload_bytes, self.jotform_timeout_s, headers)

@@ -55,3 +55,7 @@ class TooFewReferences(RaioxError):
 
 class ReducerMissing(RaioxError):
     """A map loaded from the cache cannot place new points: its reducer file is gone or unreadable."""
+
+
+class RemoteFileError(RaioxError):
+    """A file named by URL (a web form's upload) was refused or could not be downloaded."""

@@ -11,7 +11,7 @@ from typing import Callable, Iterable
 from .config import MAX_K  # noqa: F401  (re-exported: the doors validate k against it)
 from .db import Database, Filters
 from .embedder import Embedder
-from .errors import ImageRejected, NotFound
+from .errors import ImageRejected, NotFound, RemoteFileError
 from .images import ImageLimits, PreparedImage, prepare_image
 from .naming import canonical_manufacturer
 from .references import Neighbour, Reference
@@ -264,7 +264,7 @@ def match_files(files: Iterable[tuple[str, Callable[[], bytes]]], *, limits: Ima
         try:
             data = read()
             answers.append(match_bytes(data, limits=limits, file=name, embedder=embedder(), **kwargs))
-        except ImageRejected as exc:
+        except (ImageRejected, RemoteFileError) as exc:  # not an accepted image, or a download refused
             answers.append(Refusal(name, str(exc)))
         except OSError as exc:
             answers.append(Refusal(name, f"{name} could not be read ({exc.strerror or type(exc).__name__})."))

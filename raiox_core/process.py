@@ -21,6 +21,8 @@ from .redact import redact_urls_in
 _NOISY_LOGGERS = ("botocore", "boto3", "urllib3", "s3transfer")
 # botocore logs each signed request at DEBUG: temporary credentials' session token included.
 _SESSION_TOKEN = re.compile(r"(x-amz-security-token['\"]?\s*[:=]\s*b?['\"]?)[^\s'\"&,}]+", re.IGNORECASE)
+# An API key (api_keys.PREFIX + 43 url-safe characters), e.g. in a webhook URL's path.
+_API_KEY = re.compile(r"\brx_[A-Za-z0-9_-]{16,}")
 _configured = False
 
 
@@ -37,8 +39,8 @@ def configure() -> None:
 
 
 def mask_credentials(message: str) -> str:
-    """A log message with session tokens and the user:password@ of URLs replaced by ***."""
-    return redact_urls_in(_SESSION_TOKEN.sub(r"\1***", message))
+    """A log message with session tokens, API keys and the user:password@ of URLs replaced by ***."""
+    return _API_KEY.sub("rx_***", redact_urls_in(_SESSION_TOKEN.sub(r"\1***", message)))
 
 
 def _mask_credentials_in_logs() -> None:

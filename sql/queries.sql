@@ -196,3 +196,29 @@ UPDATE api_keys SET revoked_at = now() WHERE name = %(name)s AND revoked_at IS N
 -- name: find-api-key
 SELECT id, name, scope, created_at, revoked_at FROM api_keys
 WHERE key_sha256 = %(key_sha256)s AND revoked_at IS NULL;
+
+-- name: claim-submission
+-- A row when this delivery is to be matched: a new submission, or one left pending by a process that
+-- stopped (older than stale_s). A redelivery of any other submission returns nothing.
+INSERT INTO form_submissions (submission_id, source, form_id) VALUES (%(submission_id)s, %(source)s, %(form_id)s)
+ON CONFLICT (submission_id) DO UPDATE SET received_at = now()
+    WHERE form_submissions.status = 'pending' AND form_submissions.received_at < now() - make_interval(secs => %(stale_s)s)
+RETURNING submission_id;
+
+-- name: finish-submission
+UPDATE form_submissions SET status = %(status)s, results = %(results)s, error = %(error)s, finished_at = now()
+WHERE submission_id = %(submission_id)s;
+
+-- name: record-submission-delivery
+UPDATE form_submissions SET delivered_at = CASE WHEN %(error)s::text IS NULL THEN now() END, delivery_error = %(error)s
+WHERE submission_id = %(submission_id)s;
+
+-- name: get-submission
+SELECT submission_id, source, form_id, status, results, error, received_at, finished_at, delivered_at, delivery_error,
+       status = 'pending' AND received_at < now() - make_interval(secs => %(stale_s)s) AS stale
+FROM form_submissions WHERE submission_id = %(submission_id)s;
+
+-- name: latest-submissions
+SELECT submission_id, source, form_id, status, results, error, received_at, finished_at, delivered_at, delivery_error,
+       status = 'pending' AND received_at < now() - make_interval(secs => %(stale_s)s) AS stale
+FROM form_submissions ORDER BY received_at DESC LIMIT %(limit)s;

@@ -7,7 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from raiox_core.api_keys import MATCH
 from raiox_core.db import Filters
-from raiox_core.match import MAX_K, Refusal, match_files, resolve_manufacturer
+from raiox_core.match import MAX_K, Refusal, resolve_manufacturer
 
 from ..errors import ApiError, documented
 from ..keys import require
@@ -50,16 +50,14 @@ def _k(form: Form) -> int:
 async def match(request: Request, _=Depends(require(MATCH))) -> list[dict]:
     """Nearest references, vote and confidence for each image; 200 when at least one image was read."""
     resources = request.app.state.resources
-    embedder = resources.embedder  # 503 before the body is read, while the model loads
+    _ = resources.embedder  # 503 before the body is read, while the model loads
     form = await read_form(request, resources.limits.max_bytes)
     images = files_named(form, "image", {"k", "manufacturer"})
     k = _k(form)
 
     def run() -> list:
         filters = Filters(manufacturer=resolve_manufacturer(resources.db, form.fields.get("manufacturer")))
-        return match_files([(u.filename, lambda u=u: bytes(u.data)) for u in images], limits=resources.limits,
-                           db=resources.db, embedder=lambda: embedder, threshold=resources.settings.match_threshold,
-                           k=k, filters=filters)
+        return resources.matcher(k, filters)([(u.filename, lambda u=u: bytes(u.data)) for u in images])
 
     answers = await run_in_threadpool(run)
     for answer in answers:

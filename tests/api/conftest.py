@@ -11,8 +11,10 @@ from itertools import count
 import httpx
 import pytest
 
+from tests.api.file_host import FileHost
 from tests.ports import free_port
 
+JOTFORM_API_KEY = "test-jotform-api-key"
 RATE_PER_MIN = 40  # low enough for the rate-limit test to pass it quickly; every test has its own keys
 MAX_UPLOAD_MB = 1  # so that a file over the limit is cheap to send
 
@@ -68,17 +70,28 @@ def _clear(pg_url: str) -> None:
 
     migrate(pg_url)
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE reference_implants, embeddings, match_log, api_keys RESTART IDENTITY CASCADE")
+        conn.execute("TRUNCATE reference_implants, embeddings, match_log, api_keys, form_submissions RESTART IDENTITY CASCADE")
 
 
 @pytest.fixture(scope="session")
-def api(pg_url, tmp_path_factory):
-    """One server for the tests of tests/api, on an emptied database."""
+def file_host():
+    """Jotform's file host and the result webhook's receiver, played by one local server."""
+    host = FileHost()
+    yield host
+    host.close()
+
+
+@pytest.fixture(scope="session")
+def api(pg_url, tmp_path_factory, file_host):
+    """One server for the tests of tests/api, on an emptied database, taking files from `file_host` only."""
     _clear(pg_url)
     here = tmp_path_factory.mktemp("api")
-    server = Server(api_env(here / "data", pg_url), here / "server.log")
+    env = api_env(here / "data", pg_url, RAIOX_JOTFORM_FILE_HOSTS=f"127.0.0.1:{file_host.port}",
+                  RAIOX_JOTFORM_TIMEOUT_S="1", RAIOX_JOTFORM_API_KEY=JOTFORM_API_KEY,
+                  RAIOX_RESULT_WEBHOOK_URL=f"{file_host.url}/results", RAIOX_LOG_FORMAT="json")
+    server = Server(env, here / "server.log")
     server.wait("/readyz", 200)
-    server.env = api_env(here / "data", pg_url)
+    server.env = env
     yield server
     output = server.stop()
     assert "Traceback" not in output, output

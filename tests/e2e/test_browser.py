@@ -32,8 +32,14 @@ def chromium_path() -> str:
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory, port_factory):
-    data = tmp_path_factory.mktemp("e2e")
+def app_home(tmp_path_factory) -> Path:
+    """The dashboard's directory: its data dir (and so its embedded database) is app_home / "data"."""
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="module")
+def app_url(app_home, port_factory):
+    data = app_home
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAIOX_")}
     env.update(RAIOX_DATA_DIR=str(data / "data"), RAIOX_PRETRAINED="none", RAIOX_DEVICE="cpu", HF_HUB_OFFLINE="1",
                RAIOX_STAFF_PASSWORD="e2e staff password")
@@ -119,4 +125,62 @@ def test_upload_on_match_shows_result_cards(browser, app_url, tmp_path):
     assert page.locator("[data-testid='stException']").count() == 0
     assert "%" in page.inner_text("body")
     page.screenshot(path=str(tmp_path / "match.png"), full_page=True)
+    page.close()
+
+
+def _form_submissions(data_dir: Path) -> dict[str, str]:
+    """Three submissions in the dashboard's database, as the API's webhook leaves them; id -> status."""
+    from raiox_core import submissions
+    from raiox_core.config import Settings
+    from raiox_core.db import open_database
+    from raiox_core.jotform import Submission
+
+    db = open_database(Settings(data_dir=data_dir))
+    try:
+        made = {"7001": "done", "7002": "failed", "7003": "pending"}
+        for sid in made:
+            assert submissions.claim(db, Submission(form_id="231", submission_id=sid, uploads=()))
+        hostile = "<img src=x onerror=alert(1)> **bold**"
+        submissions.finish(db, "7001", "done", [{"file": "q5_xray", "answer": hostile, "matches": [
+            {"id": 3, "manufacturer": "Nobel Biocare", "model": "ACTIVE", "diameter_mm": 3.5, "similarity": 0.912}]}], None)
+        submissions.finish(db, "7002", "failed", [], "q5_xray: 127.0.0.2 is not an allowed file host.")
+    finally:
+        db.close()
+    return made
+
+
+def test_staff_see_the_form_submissions_on_match(browser, app_url, app_home):
+    made = _form_submissions(app_home / "data")
+    page = browser.new_page()
+    page.goto(f"{app_url}/match")
+    wait_idle(page)
+    assert "Form submissions" not in page.inner_text("body")  # not signed in
+
+    page.goto(f"{app_url}/ingest")
+    wait_idle(page)
+    page.get_by_label("Staff password").fill("e2e staff password")
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign out").wait_for(timeout=60_000)
+    page.get_by_role("link", name="Match an X-ray").click()  # within the session: still signed in
+    panel = page.get_by_text("Form submissions (latest 20: 1 done, 1 failed, 1 pending)")
+    panel.wait_for(timeout=60_000)
+    panel.click()
+    table = page.locator("[data-testid='stDataFrame'] table").first  # the grid's cells, for screen readers
+    table.wait_for(state="attached", timeout=60_000)
+    page.wait_for_function("t => t.textContent.includes('7003')", arg=table.element_handle(), timeout=30_000)
+    cells = table.text_content()
+    for sid in made:
+        assert sid in cells
+    assert "q5_xray: <img src=x onerror=alert(1)> **bold**" in cells  # as text
+    assert "#3 Nobel Biocare ACTIVE 3.5 mm" in cells and "127.0.0.2 is not an allowed file host" in cells
+    assert page.locator("img[src='x']").count() == 0 and page.locator("[data-testid='stException']").count() == 0
+
+    other = browser.new_page()  # a second session, never signed in
+    other.goto(f"{app_url}/match")
+    wait_idle(other)
+    assert "Form submissions" not in other.inner_text("body")
+    page.reload()  # a reload is a new session: signed out
+    wait_idle(page)
+    assert "Form submissions" not in page.inner_text("body")
+    other.close()
     page.close()
