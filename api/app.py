@@ -5,10 +5,12 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from raiox_core.config import Settings
 
 from . import errors
+from .body_limit import BodyLimit
 from .metrics import Metrics, MetricsMiddleware
 from .rate_limit import RateLimiter
 from .request_log import RequestLog
@@ -35,12 +37,14 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.intake.close()
         resources.close()
 
-    app = FastAPI(title="Raiox", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # Swagger UI and ReDoc from files installed with the API: FastAPI's own /docs loads them from a CDN.
+    app = FastAPIOffline(title="Raiox", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.resources = resources
     app.state.rate_limiter = RateLimiter(settings.api_rate_per_min)
     app.state.metrics = Metrics(resources)
     app.state.intake = Intake(resources)
     errors.install(app)
+    app.add_middleware(BodyLimit)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(RequestLog)  # outermost: the request id covers the metrics' and every handler's logging
     for module in (health, matching, references, webhooks):

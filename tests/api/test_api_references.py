@@ -116,6 +116,27 @@ def test_relabel_and_delete_with_a_staff_key(api, seeded, make_key, demo):
     assert api.client.patch(path, json={"model": "X"}, headers=staff).status_code == 404
 
 
+def test_a_huge_json_body_is_refused_without_being_read_whole(api, seeded, make_key):
+    staff = make_key("staff")
+    path = f"/v1/references/{seeded['ingested'][0]['id']}"
+    sent = 0
+
+    def body():  # 2 GB of JSON, chunked (no Content-Length): refused once 64 KB have come
+        nonlocal sent
+        yield b'{"model": "'
+        for _ in range(2048):
+            sent += 2**20
+            yield b"A" * 2**20
+
+    streamed = api.client.patch(path, content=body(), headers={**staff, "Content-Type": "application/json"})
+    assert streamed.status_code == 413 and streamed.json() == {
+        "error": "The request body is larger than 64 KB; it should be a few labels."}
+    assert sent < 64 * 2**20, f"the client sent {sent:,} bytes before the refusal"
+    declared = api.client.patch(path, content=b"{" + b" " * 70_000 + b"}", headers={**staff, "Content-Type": "application/json"})
+    assert declared.status_code == 413
+    assert api.client.get(path, headers=staff).json()["model"] == seeded["ingested"][0]["model"]
+
+
 @pytest.fixture(scope="module")
 def on_s3(api, s3_endpoint, s3_bucket, tmp_path_factory):
     """A second server over the same database, its images in moto's S3."""
