@@ -59,3 +59,7 @@ class ReducerMissing(RaioxError):
 
 class RemoteFileError(RaioxError):
     """A file named by URL (a web form's upload) was refused or could not be downloaded."""
+
+
+class ExplainUnavailable(RaioxError):
+    """The loaded image model has no patch tokens to build a similarity map from."""
