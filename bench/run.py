@@ -78,7 +78,7 @@ def _section(report: dict, name: str, fn, *args, **kwargs):
 
 def run_bench(settings: Settings, quick: bool = False, json_path: str | None = None) -> int:
     """Run every section at full (or quick) sizes; write JSON + markdown; return the exit code."""
-    from . import encoder_bench, explorer_bench, ingest_bench, match_bench, memory_bench, references, search_bench
+    from . import encoder_bench, explain_bench, explorer_bench, ingest_bench, match_bench, memory_bench, references, search_bench
     from .env import BenchEnv
 
     import torch
@@ -120,6 +120,7 @@ def run_bench(settings: Settings, quick: bool = False, json_path: str | None = N
             _section(report, "search", search_bench.run, env.db, sets, sizes.search_queries)
             _section(report, "explorer", explorer_bench.run, env, sets, sizes.cold_numba)
             _section(report, "memory", memory_bench.run, env, queries, sizes.memory_matches)
+        _section(report, "explain", explain_bench.run, env, files, queries, quick)
     finally:
         env.close()
     report["load"]["after"] = loadavg()

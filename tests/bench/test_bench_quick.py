@@ -29,6 +29,8 @@ REQUIRED = [
     ("explorer", "cold_s"), ("explorer", "warm_s"), ("explorer", "warm_render_s"),
     ("memory", "peak_mb"), ("memory", "text_tower_mb"),
     ("references", "large", "hnsw_build_s"), ("references", "uniform", "hnsw_build_s"),
+    ("explain", "map_vs_match"), ("explain", "map", "p50_ms"), ("explain", "match", "p50_ms"),
+    ("explain", "occlusion_s"), ("explain", "occlusion_fp32_s"),
 ]
 
 
