@@ -11,6 +11,7 @@ from raiox_core.db import Database, Filters, open_database
 from raiox_core.errors import RaioxError
 from raiox_core.images import ImageLimits
 from raiox_core.match import match_files
+from raiox_core.threshold import ThresholdPolicy
 from raiox_core.model_state import ModelState, load_model_state
 from raiox_core.storage import Storage, open_storage
 
@@ -76,7 +77,7 @@ class Resources:
         webhook both run, so that both answer alike."""
         embedder = self.embedder
         return functools.partial(match_files, limits=self.limits, db=self.db, embedder=lambda: embedder,
-                                 threshold=self.settings.match_threshold, k=k, filters=filters)
+                                 threshold=ThresholdPolicy(self.settings, self.db), k=k, filters=filters)
 
     def checks(self) -> dict[str, str | None]:
         """check -> None when it passes, else the one-sentence reason (for /readyz)."""

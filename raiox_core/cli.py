@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--manufacturer")
     s.add_argument("--model")
     s.add_argument("--diameter", type=float, help="diameter in mm")
+    s.add_argument("--group", metavar="ID", help="the files are X-rays of one physical implant: evaluation and "
+                   "training hold them out together")
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("match", help="find the most similar references for X-ray images")
@@ -65,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("stats", help="counts per manufacturer and vectors per embedding model")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("evaluate", help="how often matching is right on the references (leave one group out), "
+                       "and the calibrated confidence threshold")
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("delete", help="delete references and their images")
@@ -164,7 +170,7 @@ def _progress(done: int, total: int, stage: str) -> None:
 def cmd_ingest(args, s: Session) -> int:
     from .ingest import LabelOverride, ingest_paths
 
-    labels = LabelOverride(args.manufacturer, args.model, args.diameter)
+    labels = LabelOverride(args.manufacturer, args.model, args.diameter, group_id=args.group)
     report = ingest_paths(args.paths, labels, db=s.db, storage=s.storage, embedder=s.embedder, limits=s.limits,
                           progress=_progress)
     if args.json:
@@ -185,10 +191,11 @@ def cmd_ingest(args, s: Session) -> int:
 def cmd_match(args, s: Session) -> int:
     from .db import Filters
     from .match import Refusal, match_files, resolve_manufacturer
+    from .threshold import ThresholdPolicy
 
     filters = Filters(manufacturer=resolve_manufacturer(s.db, args.manufacturer))  # "zimmer" means Zimmer
     answers = match_files([(name, Path(name).read_bytes) for name in args.images], limits=s.limits, db=s.db,
-                          embedder=lambda: s.embedder, threshold=s.settings.match_threshold, k=args.k, filters=filters)
+                          embedder=lambda: s.embedder, threshold=ThresholdPolicy(s.settings, s.db), k=args.k, filters=filters)
     if args.json:
         print(json.dumps([a.to_json() for a in answers], indent=2, ensure_ascii=False))
     else:
@@ -205,6 +212,7 @@ def _print_match(result) -> None:
     for rank, m in enumerate(result.matches, 1):
         print(f"  {rank}. #{m.id} {shown(m.manufacturer)} {shown(m.model)} {m.diameter_mm:g} mm  "
               f"similarity {m.similarity:.1%}  {shown(m.source_filename)}")
+    print(f"  confidence threshold {result.threshold * 100:g}%: {result.threshold_source}")
 
 
 def cmd_list(args, s: Session) -> int:
@@ -218,6 +226,41 @@ def cmd_list(args, s: Session) -> int:
         for r in found:
             print(f"#{r.id:<6} {shown(r.manufacturer):<16} {shown(r.model):<10} {r.diameter_mm:>4g} mm  "
                   f"{r.source:<9} {shown(r.source_filename)}")
+    return EXIT_OK
+
+
+def _figure(f: dict) -> str:
+    return f"{f['value']:.1%} ({f['low']:.1%}-{f['high']:.1%})"
+
+
+def cmd_evaluate(args, s: Session) -> int:
+    from . import calibration
+    from .embedder import embedding_model_for
+    from .threshold import threshold_in_force
+
+    embedding_model = embedding_model_for(s.settings.model, s.settings.pretrained)  # stored vectors: no model load
+    report = calibration.evaluate_references(calibration.LabelledVectors.load(s.db, embedding_model))
+    report = calibration.save(s.db, embedding_model, report)
+    report["threshold"] = threshold_in_force(s.settings, s.db, embedding_model).to_json()
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    a = report["accuracy"]
+    print(f"{report['references']} references of {shown(embedding_model)} in {report['groups']} groups, left out "
+          "a group at a time; the vote of /match (95% intervals, bootstrap over groups):")
+    for level, name in (("manufacturer", "manufacturer"), ("model", "model"), ("model_diameter", "model + diameter")):
+        print(f"  {name:17} top-1 {_figure(a[f'top1_{level}'])}   top-5 {_figure(a[f'top5_{level}'])}")
+    for m in report["by_manufacturer"]:
+        print(f"  {shown(m['manufacturer'])} ({m['references']}): manufacturer top-1 {_figure(m['top1_manufacturer'])}, "
+              f"model top-1 {_figure(m['top1_model'])}")
+    print(f"Confidence (of the {report['confidence_of'] or 'no'} vote): threshold, share answered confidently, "
+          "share of those right:")
+    for point in report["precision_coverage"][::10]:
+        right = "-" if point["precision"] is None else f"{point['precision']:.1%}"
+        print(f"  {point['threshold']:.1f}  {point['coverage']:6.1%}  {right}")
+    t = report["threshold"]
+    print(f"Threshold in force: {t['value'] * 100:g}% ({shown(t['source'])}). Stored as the calibration of "
+          f"{report['computed_at'][:10]}.")
     return EXIT_OK
 
 
@@ -466,7 +509,7 @@ def cmd_keys(args, s: Session) -> int:
 
 COMMANDS = {
     "demo": cmd_demo, "app": cmd_app, "ingest": cmd_ingest, "match": cmd_match, "list": cmd_list,
-    "stats": cmd_stats, "delete": cmd_delete, "doctor": cmd_doctor, "reembed": cmd_reembed,
+    "stats": cmd_stats, "evaluate": cmd_evaluate, "delete": cmd_delete, "doctor": cmd_doctor, "reembed": cmd_reembed,
     "backup": cmd_backup, "restore": cmd_restore, "bench": cmd_bench, "api": cmd_api, "keys": cmd_keys,
 }
 

@@ -46,6 +46,8 @@ class Settings:
     max_upload_mb: float = 20.0
     max_pixels: int = 50_000_000
     match_threshold: float = 0.6
+    match_threshold_set: bool = False  # RAIOX_MATCH_THRESHOLD was given: it overrides a calibrated threshold
+    target_precision: float | None = None  # RAIOX_TARGET_PRECISION: threshold from `raiox evaluate`'s curve
     staff_password: str | None = field(default=None, repr=False)
     pool_max_size: int = 8
     db_timeout_s: float = 10.0
@@ -119,6 +121,7 @@ class Settings:
             ("RAIOX_DB_TIMEOUT_S", "db_timeout_s", float, 0.1, 3600),
             ("RAIOX_API_RATE_PER_MIN", "api_rate_per_min", int, 1, 1_000_000),
             ("RAIOX_JOTFORM_TIMEOUT_S", "jotform_timeout_s", float, 0.1, 600),
+            ("RAIOX_TARGET_PRECISION", "target_precision", float, 0.5, 1.0),
         ]:
             if (v := get(name)) is None:
                 continue
@@ -129,7 +132,7 @@ class Settings:
             if not low <= value <= high:
                 raise ConfigError(f"{name} must be between {low} and {high}, not {v}.")
             kwargs[attr] = value
-        settings = cls(**kwargs)
+        settings = cls(**kwargs, match_threshold_set="match_threshold" in kwargs)
         try:
             HostList.parse(settings.jotform_file_hosts)
         except ValueError as exc:

@@ -312,14 +312,14 @@ class Database:
             self.ensure_model_index(embedding_model, dim)
         queries = named_queries()
         columns = ("manufacturer", "model", "diameter_mm", "source_filename", "sha256", "object_key", "width",
-                   "height", "source")
+                   "height", "source", "group_id")
         with self.connection() as conn:
             cur = conn.cursor()
             for sha in sorted(r["sha256"] for r in references):
                 cur.execute(queries["lock-image"], {"sha256": sha})
             cur.execute(queries["create-incoming-references"])
             with cur.copy(queries["copy-incoming-references"]) as copy:
-                copy.set_types(["text", "text", "float8", "text", "text", "text", "int4", "int4", "text"])
+                copy.set_types(["text", "text", "float8", "text", "text", "text", "int4", "int4", "text", "text"])
                 for r in references:
                     copy.write_row([r[c] for c in columns])
             inserted = dict(cur.execute(queries["insert-incoming-references"]).fetchall())

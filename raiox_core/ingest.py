@@ -47,6 +47,10 @@ class LabelOverride:
     manufacturer: str | None = None
     model: str | None = None
     diameter_mm: float | None = None
+    group_id: str | None = None  # the files show one physical implant (see grouping.py); not a label
+
+    def __post_init__(self):
+        self.group_id = as_text(self.group_id or "").strip()[:200] or None  # as typed; blank is none
 
     def resolve(self, filename: str) -> Labels:
         return resolve_labels(filename, self.manufacturer, self.model, self.diameter_mm)
@@ -225,6 +229,7 @@ class _Candidate:
     filename: str
     labels: Labels | None  # None for a duplicate, whose name need not give labels
     image: PreparedImage
+    group_id: str | None = None
 
 
 def check_image(source: Source, limits: ImageLimits) -> PreparedImage | str:
@@ -286,7 +291,7 @@ def plan(sources: list[Source], images: list[tuple[str | None, str | None]], kno
 def _store_one(candidate: _Candidate, vector, *, db: Database, storage: Storage, embedding_model: str, source: str) -> None:
     """One image, all or nothing (references.add); a copy added meanwhile makes it a duplicate."""
     new = references.NewReference.of_image(candidate.image, candidate.labels, source_filename=candidate.filename,
-                                           source=source, vectors={embedding_model: vector})
+                                           source=source, vectors={embedding_model: vector}, group_id=candidate.group_id)
     try:
         candidate.report.id = references.add(db, storage, new)
     except DuplicateReference as dup:
@@ -336,7 +341,7 @@ def _read_batch(batch: list[Source], planner: Planner, firsts: dict[str, FileRep
             report = FileReport(name, "ingested", manufacturer=labels.manufacturer, model=labels.model,
                                 diameter_mm=labels.diameter_mm)
             firsts[image.sha256] = report
-            out.new.append(_Candidate(report, source.filename, labels, image))
+            out.new.append(_Candidate(report, source.filename, labels, image, source.labels.group_id))
         out.entries.append(report)
     if out.new:
         out.pixels = embedder.to_tensor([c.image.image for c in out.new])

@@ -49,6 +49,7 @@ class Reference:
     height: int
     source: str
     created_at: datetime | None = None
+    group_id: str | None = None
 
     @property
     def label(self) -> str:
@@ -62,7 +63,8 @@ class Reference:
         """The shape of `raiox list --json`."""
         return {"id": self.id, "manufacturer": self.manufacturer, "model": self.model,
                 "diameter_mm": self.diameter_mm, "source_filename": self.source_filename, "sha256": self.sha256,
-                "source": self.source, "created_at": self.created_at.isoformat() if self.created_at else None}
+                "source": self.source, "created_at": self.created_at.isoformat() if self.created_at else None,
+                "group_id": self.group_id}
 
 
 @dataclass(frozen=True)
@@ -105,12 +107,13 @@ class NewReference:
     source_filename: str
     source: str
     vectors: dict[str, np.ndarray] = field(repr=False)
+    group_id: str | None = None  # one physical implant's X-rays share it (see grouping.py)
 
     @classmethod
     def of_image(cls, image: PreparedImage, labels: Labels, *, source_filename: str, source: str,
-                 vectors: dict[str, np.ndarray]) -> NewReference:
+                 vectors: dict[str, np.ndarray], group_id: str | None = None) -> NewReference:
         return cls(labels, image.sha256, image.width, image.height, image.png, source_filename, source,
-                   {model: np.asarray(v, dtype=np.float32) for model, v in vectors.items()})
+                   {model: np.asarray(v, dtype=np.float32) for model, v in vectors.items()}, group_id)
 
     @property
     def object_key(self) -> str:
@@ -120,7 +123,7 @@ class NewReference:
         return {"manufacturer": self.labels.manufacturer, "model": self.labels.model,
                 "diameter_mm": self.labels.diameter_mm, "source_filename": self.source_filename,
                 "sha256": self.sha256, "object_key": self.object_key, "width": self.width,
-                "height": self.height, "source": self.source}
+                "height": self.height, "source": self.source, "group_id": self.group_id}
 
 
 # -- reading --------------------------------------------------------------------------------------
