@@ -14,6 +14,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
+from raiox_dashboard.calibration_view import show_calibration
 from raiox_dashboard.resources import (
     active_embedding_model, cached_embeddings, get_db, get_embedder, get_limits, get_model_state, get_settings, get_storage,
 )
@@ -307,3 +308,6 @@ with tab_m:
     _confusion_heatmap(evaluation.confusion_manufacturer, "Manufacturer of the nearest other reference")
 with tab_l:
     _confusion_heatmap(evaluation.confusion_model, "Model of the nearest other reference")
+
+st.divider()
+show_calibration(embedding_model)
