@@ -6,6 +6,7 @@ import functools
 import logging
 import threading
 
+from raiox_core.adapter import with_active_adapter
 from raiox_core.config import Settings
 from raiox_core.db import Database, Filters, open_database
 from raiox_core.errors import RaioxError
@@ -43,7 +44,8 @@ class Resources:
                     opener()
                 except RaioxError as exc:  # retried on demand; /readyz says why meanwhile
                     log.error("%s", exc)
-            self.model = load_model_state(self.settings)  # never raises: unavailable says why
+            # Never raises: unavailable says why. An adapter adopted later applies after a restart.
+            self.model = with_active_adapter(load_model_state(self.settings), lambda: self.db, self.settings)
         except Exception:
             log.exception("Loading the API's resources failed")
         finally:

@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "and the calibrated confidence threshold")
     s.add_argument("--json", action="store_true")
 
+    s = sub.add_parser("train", help="fit an adapter on the references' stored vectors; adopt it only when "
+                       "grouped cross-validation shows it certainly beats the frozen model")
+    s.add_argument("--off", action="store_true", help="switch the active adapter off (its vectors are kept)")
+    s.add_argument("--json", action="store_true")
+
     s = sub.add_parser("delete", help="delete references and their images")
     s.add_argument("ids", nargs="+", type=int, metavar="ID")
 
@@ -143,9 +148,10 @@ class Session:
     @property
     def embedder(self):
         if self._embedder is None:
+            from .adapter import with_active_adapter
             from .model_state import UNTRAINED, load_model_state
 
-            state = load_model_state(self.settings)
+            state = with_active_adapter(load_model_state(self.settings), lambda: self.db, self.settings)
             self._embedder = state.require()
             if state.status == UNTRAINED:
                 _err(f"warning: UNTRAINED weights ({state.embedding_model}); matches are not meaningful. {state.reason}")
@@ -235,11 +241,16 @@ def _figure(f: dict) -> str:
 
 def cmd_evaluate(args, s: Session) -> int:
     from . import calibration
+    from .adapter import active_model_id
     from .embedder import embedding_model_for
     from .threshold import threshold_in_force
 
-    embedding_model = embedding_model_for(s.settings.model, s.settings.pretrained)  # stored vectors: no model load
+    base_model = embedding_model_for(s.settings.model, s.settings.pretrained)  # stored vectors: no model load
+    embedding_model = active_model_id(s.db, base_model, s.settings)
     report = calibration.evaluate_references(calibration.LabelledVectors.load(s.db, embedding_model))
+    if embedding_model != base_model:
+        report["note"] = ("The active adapter was trained on these references, so these figures flatter it; the "
+                          "cross-validated ones of `raiox train` do not.")
     report = calibration.save(s.db, embedding_model, report)
     report["threshold"] = threshold_in_force(s.settings, s.db, embedding_model).to_json()
     if args.json:
@@ -261,6 +272,43 @@ def cmd_evaluate(args, s: Session) -> int:
     t = report["threshold"]
     print(f"Threshold in force: {t['value'] * 100:g}% ({shown(t['source'])}). Stored as the calibration of "
           f"{report['computed_at'][:10]}.")
+    if report.get("note"):
+        print(f"Note: {report['note']}")
+    return EXIT_OK
+
+
+def cmd_train(args, s: Session) -> int:
+    from . import adapter
+    from .embedder import embedding_model_for
+
+    base_model = embedding_model_for(s.settings.model, s.settings.pretrained)  # stored vectors: no model load
+    if args.off:
+        switched = adapter.deactivate(s.db, base_model)
+        if args.json:
+            print(json.dumps({"base_model": base_model, "deactivated": switched}, indent=2, ensure_ascii=False))
+        else:
+            print(f"{', '.join(map(shown, switched))} switched off: {shown(base_model)} answers with its own vectors."
+                  if switched else f"No adapter of {shown(base_model)} was active; nothing changed.")
+        return EXIT_OK
+    report = adapter.train(s.db, base_model, progress=lambda d, t: _progress(d, t, "folds"))
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    print(f"{report['references']} references of {shown(base_model)} in {report['groups']} groups, "
+          f"{report['folds']}-fold grouped cross-validation; the vote of /match (95% intervals, bootstrap over groups):")
+    print(f"  {'':22} {'frozen':>22} {'adapter':>22} {'improvement':>24}")
+    for level in ("manufacturer", "model"):
+        for k in (1, 5):
+            key = f"top{k}_{level}"
+            gain = report["improvement"][key]
+            print(f"  {level + ' top-' + str(k):22} {_figure(report['frozen'][key]):>22} "
+                  f"{_figure(report['adapted'][key]):>22} "
+                  f"{gain['value']:>+8.1%} ({gain['low']:+.1%} to {gain['high']:+.1%})")
+    if report["adopted"]:
+        print(f"Adopted as {shown(report['adapter_model'])}: its vectors are stored for every reference and every "
+              "door uses it; RAIOX_ADAPTER=off or `raiox train --off` switches back.")
+    else:
+        print(f"Not adopted: {report['reason']}; nothing changed.")
     return EXIT_OK
 
 
@@ -509,7 +557,7 @@ def cmd_keys(args, s: Session) -> int:
 
 COMMANDS = {
     "demo": cmd_demo, "app": cmd_app, "ingest": cmd_ingest, "match": cmd_match, "list": cmd_list,
-    "stats": cmd_stats, "evaluate": cmd_evaluate, "delete": cmd_delete, "doctor": cmd_doctor, "reembed": cmd_reembed,
+    "stats": cmd_stats, "evaluate": cmd_evaluate, "train": cmd_train, "delete": cmd_delete, "doctor": cmd_doctor, "reembed": cmd_reembed,
     "backup": cmd_backup, "restore": cmd_restore, "bench": cmd_bench, "api": cmd_api, "keys": cmd_keys,
 }
 

@@ -58,6 +58,7 @@ class Settings:
     jotform_timeout_s: float = 10.0
     result_webhook_url: str | None = field(default=None, repr=False)  # may carry a token
     log_format: str = "text"  # of `raiox api`'s log: "text" or "json" (one object per line)
+    adapter: str = "on"  # RAIOX_ADAPTER: "off" searches the base model's vectors even when `raiox train` adopted one
 
     @property
     def embedded_database(self) -> bool:
@@ -104,6 +105,7 @@ class Settings:
             ("RAIOX_DEVICE", "device", ("auto", "cpu", "cuda")),
             ("RAIOX_PRECISION", "precision", ("auto", "fp32")),
             ("RAIOX_LOG_FORMAT", "log_format", ("text", "json")),
+            ("RAIOX_ADAPTER", "adapter", ("on", "off")),
         ]:
             if (v := get(name)) is not None:
                 if v not in choices:

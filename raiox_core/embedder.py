@@ -88,6 +88,11 @@ class Embedder:
     def encode_one(self, image: Image.Image) -> np.ndarray:
         return self.encode([image])[0]
 
+    def stored_vectors(self, pixels, batch_size: int = 16) -> dict[str, np.ndarray]:
+        """embedding model -> (n, dim) vectors to store for each image of a preprocessed tensor (an adapted
+        embedder, raiox_core.adapter, gives its base vectors too)."""
+        return {self.embedding_model: self.encode_tensor(pixels, batch_size)}
+
 
 def embedding_model_for(model: str, pretrained: str) -> str:
     """The label stored with each vector; a checkpoint is named by its file name and content hash."""

@@ -320,8 +320,9 @@ def reembed(db: Database, storage: Storage, embedder: Embedder, batch_size: int 
     for start in range(0, len(missing), batch_size):
         chunk = missing[start : start + batch_size]
         images = [Image.open(io.BytesIO(storage.get(row["object_key"]))) for row in chunk]
-        vectors = embedder.encode(images, batch_size=batch_size)
-        db.add_embeddings(embedder.embedding_model, {row["id"]: v for row, v in zip(chunk, vectors)})
+        # Every vector the embedder stores: an adapted embedder's base vectors too (see Embedder.stored_vectors).
+        for embedding_model, vectors in embedder.stored_vectors(embedder.to_tensor(images), batch_size).items():
+            db.add_embeddings(embedding_model, {row["id"]: v for row, v in zip(chunk, vectors)})
         if progress:
             progress(start + len(chunk), len(missing))
     return len(missing)

@@ -131,9 +131,10 @@ def bootstrap_counts(n_groups: int, seed: int = 0) -> np.ndarray:
 
 def interval(hits: np.ndarray, groups: np.ndarray, counts: np.ndarray, rows: np.ndarray | None = None) -> dict:
     """{"value", "low", "high"}: the share of hits (among `rows`, a boolean mask) and its 95% percentile
-    interval over the bootstrap resamples of groups in `counts`."""
+    interval over the bootstrap resamples of groups in `counts`. `hits` may also be numbers (e.g. paired
+    differences of hits): then the mean and its interval."""
     rows = np.ones(len(hits), dtype=bool) if rows is None else rows
-    per_group_hits = np.bincount(groups, weights=(hits & rows).astype(np.float64), minlength=counts.shape[1])
+    per_group_hits = np.bincount(groups, weights=np.where(rows, hits, 0).astype(np.float64), minlength=counts.shape[1])
     per_group_n = np.bincount(groups, weights=rows.astype(np.float64), minlength=counts.shape[1])
     with np.errstate(invalid="ignore", divide="ignore"):
         shares = (counts @ per_group_hits) / (counts @ per_group_n)

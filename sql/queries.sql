@@ -233,3 +233,31 @@ RETURNING id, computed_at;
 -- name: latest-calibration
 SELECT embedding_model, computed_at, n_references, report FROM calibrations
 WHERE embedding_model = %(embedding_model)s ORDER BY computed_at DESC, id DESC LIMIT 1;
+
+-- name: insert-adapter
+INSERT INTO adapters (base_model, embedding_model, residual, n_references, report, adopted)
+VALUES (%(base_model)s, %(embedding_model)s, %(residual)s, %(n_references)s, %(report)s, %(adopted)s)
+RETURNING id, created_at;
+
+-- name: deactivate-adapters
+UPDATE adapters SET active = false WHERE base_model = %(base_model)s AND active RETURNING embedding_model;
+
+-- name: activate-adapter
+UPDATE adapters SET active = true WHERE id = %(id)s AND adopted;
+
+-- name: active-adapter
+SELECT id, embedding_model, created_at FROM adapters WHERE base_model = %(base_model)s AND active;
+
+-- name: adapter-residual
+SELECT residual FROM adapters WHERE embedding_model = %(embedding_model)s AND adopted ORDER BY id DESC LIMIT 1;
+
+-- name: adapter-runs
+SELECT id, base_model, embedding_model, n_references, report, adopted, active, created_at FROM adapters
+WHERE base_model = %(base_model)s ORDER BY created_at DESC, id DESC LIMIT %(limit)s;
+
+-- name: vectors-to-adapt
+-- The base vectors of references that have no vector of the adapter yet (ingested by a door without it).
+SELECT e.reference_id AS id, e.embedding FROM embeddings e
+WHERE e.embedding_model = %(base_model)s AND NOT EXISTS (
+    SELECT 1 FROM embeddings a WHERE a.reference_id = e.reference_id AND a.embedding_model = %(embedding_model)s)
+ORDER BY e.reference_id;

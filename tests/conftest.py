@@ -94,7 +94,7 @@ def _database(pg_url):
 def db(_database):
     """The session's database, emptied before each test."""
     with _database.connection() as conn:
-        conn.execute("TRUNCATE reference_implants, embeddings, match_log, staff_sign_in_failures, form_submissions, calibrations"
+        conn.execute("TRUNCATE reference_implants, embeddings, match_log, staff_sign_in_failures, form_submissions, calibrations, adapters"
                      " RESTART IDENTITY CASCADE")
     return _database
 

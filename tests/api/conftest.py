@@ -70,7 +70,7 @@ def _clear(pg_url: str) -> None:
 
     migrate(pg_url)
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE reference_implants, embeddings, match_log, api_keys, form_submissions, calibrations RESTART IDENTITY CASCADE")
+        conn.execute("TRUNCATE reference_implants, embeddings, match_log, api_keys, form_submissions, calibrations, adapters RESTART IDENTITY CASCADE")
 
 
 @pytest.fixture(scope="session")
