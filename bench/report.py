@@ -218,6 +218,13 @@ def _details(f: dict) -> list[str]:
                 f" {r['hnsw_index_mb']} |" for key, r in refs.items() if isinstance(r, dict)]
         out.append(f"\nReference rows COPY: {refs['copy_references_s']} s; embeddings table with all partitions: "
                    f"{refs['embeddings_table_mb']} MB.")
+    if train := f.get("train"):
+        out += ["", "### (h) `raiox train`: adapter, 5-fold grouped cross-validation + final fit (bench/train_bench.py)", "",
+                "| references | dim | cross-validation s | final fit s | total s | model top-1 frozen -> adapter | adopted |",
+                "|---|---|---|---|---|---|---|"]
+        out += [f"| {r['references']} | {r['dim']} | {r['cross_validation_s']} | {r['final_fit_s']} | {r['total_s']} | "
+                f"{r['frozen_top1_model']:.1%} -> {r['adapted_top1_model']:.1%} | {_yes_no(r['adopt'])} |"
+                for r in train.values()]
     return out
 
 

@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     k = keys.add_parser("revoke", help="revoke the active key of a name")
     k.add_argument("name", metavar="NAME")
 
-    s = sub.add_parser("bench", help="measure ingestion, matching, search, encoder, explorer and memory here")
+    s = sub.add_parser("bench", help="measure ingestion, matching, search, encoder, explorer, memory and adapter training here")
     s.add_argument("--quick", action="store_true", help="small sizes: checks that every figure is produced")
     s.add_argument("--json", metavar="PATH", help="also write the JSON report to PATH")
     return p

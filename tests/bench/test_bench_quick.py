@@ -29,6 +29,7 @@ REQUIRED = [
     ("explorer", "cold_s"), ("explorer", "warm_s"), ("explorer", "warm_render_s"),
     ("memory", "peak_mb"), ("memory", "text_tower_mb"),
     ("references", "large", "hnsw_build_s"), ("references", "uniform", "hnsw_build_s"),
+    ("train", "200", "total_s"), ("train", "200", "final_fit_s"),
 ]
 
 

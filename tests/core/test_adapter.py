@@ -37,24 +37,6 @@ def _labels(manufacturers, models):
     return va.Labels.of(manufacturers, models, [4.0] * len(models))
 
 
-def test_an_adapter_beats_frozen_vectors_drowned_by_label_free_variation_and_is_adopted():
-    x, manufacturers, models = nuisance_set()
-    report = ad.cross_validate(x, _labels(manufacturers, models), groups(x), BASE)
-    frozen, adapted = report["frozen"]["top1_model"], report["adapted"]["top1_model"]
-    assert adapted["low"] > frozen["high"], (frozen, adapted)  # not merely better: the intervals part
-    assert report["improvement"]["top1_model"]["low"] > 0 and report["adopt"], report["reason"]
-    assert report["adapted"]["top1_manufacturer"]["value"] >= report["frozen"]["top1_manufacturer"]["value"]
-    assert len(report["fits"]) == 5 and sorted(set(report["fold_of"])) == [0, 1, 2, 3, 4]
-    assert all(f["loss_end"] < f["loss_start"] for f in report["fits"])
-
-
-def test_without_label_structure_it_is_not_adopted():
-    x, manufacturers, models = unstructured_set()
-    report = ad.cross_validate(x, _labels(manufacturers, models), groups(x), BASE)
-    assert not report["adopt"] and report["improvement"]["top1_model"]["low"] <= 0
-    assert "not above zero" in report["reason"]
-
-
 def test_the_rule_wants_the_lower_bound_above_zero_and_no_certain_loss_of_manufacturer():
     gain = {"value": 0.1, "low": 0.02, "high": 0.2}
     assert ad.decide({"top1_model": gain, "top1_manufacturer": gain})[0]
@@ -91,10 +73,15 @@ def _store(db, x, manufacturers, models, base=BASE):
     return db.insert_many(rows, [{base: v} for v in x])
 
 
-def test_train_adopts_writes_every_reference_and_switches_off(db, settings):
+def test_an_adapter_beats_frozen_vectors_drowned_by_label_free_variation_is_adopted_and_switched_off(db, settings):
     x, manufacturers, models = nuisance_set()
     _store(db, x, manufacturers, models)
     report = ad.train(db, BASE)
+    frozen, adapted = report["frozen"]["top1_model"], report["adapted"]["top1_model"]
+    assert adapted["low"] > frozen["high"], (frozen, adapted)  # not merely better: the intervals part
+    assert report["improvement"]["top1_model"]["low"] > 0 and report["adopt"], report["reason"]
+    assert report["adapted"]["top1_manufacturer"]["value"] >= report["frozen"]["top1_manufacturer"]["value"]
+    assert len(report["fits"]) == 5 and all(f["loss_end"] < f["loss_start"] for f in report["fits"])
     assert report["adopted"] and report["adapter_model"].startswith(BASE + "+adapter:")
     adapted = db.embeddings(report["adapter_model"])
     assert len(adapted) == len(x)  # every reference
@@ -111,10 +98,12 @@ def test_train_adopts_writes_every_reference_and_switches_off(db, settings):
     assert ad.active_id(db, BASE, settings) is None and len(db.embeddings(BASE)) == len(x)
 
 
-def test_an_unstructured_set_is_stored_as_a_run_and_changes_nothing(db, settings):
+def test_without_label_structure_it_is_not_adopted_the_run_is_kept_and_nothing_changes(db, settings):
     x, manufacturers, models = unstructured_set()
     _store(db, x, manufacturers, models)
     report = ad.train(db, BASE)
+    assert not report["adopt"] and report["improvement"]["top1_model"]["low"] <= 0
+    assert "not above zero" in report["reason"]
     assert not report["adopted"] and report["adapter_model"] is None
     assert ad.active_id(db, BASE, settings) is None
     assert set(db.stats()["embedding_models"]) == {BASE}
