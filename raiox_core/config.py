@@ -48,6 +48,7 @@ class Settings:
     match_threshold: float = 0.6
     match_threshold_set: bool = False  # RAIOX_MATCH_THRESHOLD was given: it overrides a calibrated threshold
     target_precision: float | None = None  # RAIOX_TARGET_PRECISION: threshold from `raiox evaluate`'s curve
+    target_recall: float = 0.98  # RAIOX_TARGET_RECALL: recall@10 the recall probe tunes ef_search for
     staff_password: str | None = field(default=None, repr=False)
     pool_max_size: int = 8
     db_timeout_s: float = 10.0
@@ -122,6 +123,7 @@ class Settings:
             ("RAIOX_API_RATE_PER_MIN", "api_rate_per_min", int, 1, 1_000_000),
             ("RAIOX_JOTFORM_TIMEOUT_S", "jotform_timeout_s", float, 0.1, 600),
             ("RAIOX_TARGET_PRECISION", "target_precision", float, 0.5, 1.0),
+            ("RAIOX_TARGET_RECALL", "target_recall", float, 0.5, 1.0),
         ]:
             if (v := get(name)) is None:
                 continue

@@ -94,8 +94,9 @@ def _database(pg_url):
 def db(_database):
     """The session's database, emptied before each test."""
     with _database.connection() as conn:
-        conn.execute("TRUNCATE reference_implants, embeddings, match_log, staff_sign_in_failures, form_submissions, calibrations"
-                     " RESTART IDENTITY CASCADE")
+        conn.execute("TRUNCATE reference_implants, embeddings, match_log, staff_sign_in_failures, form_submissions,"
+                     " calibrations, search_tuning RESTART IDENTITY CASCADE")
+    _database.forget_tuning()
     return _database
 
 
