@@ -292,7 +292,6 @@ def load_embedder(model: str = "ViT-B-32", pretrained: str = "laion2b_s34b_b79k"
             raise ModelLoadError(f"The checkpoint file {pretrained} does not exist.")
         _check_weights_available(model, pretrained)
     from_file = trained and path.is_file()
-    digest = _file_digest(path) if from_file else None
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(UNTRAINED_SEED)
@@ -303,6 +302,7 @@ def load_embedder(model: str = "ViT-B-32", pretrained: str = "laion2b_s34b_b79k"
     except (RuntimeError, OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as exc:  # a bad file too
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelLoadError(f"Could not load {model} weights from {pretrained}: {first}") from None
+    digest = _file_digest(path) if from_file else None  # after the load: a file that fails is not hashed here
     _drop_text_tower(clip)
     clip.eval()
     visual = clip.visual
