@@ -16,7 +16,6 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 from . import cpu
@@ -35,13 +34,6 @@ class Verdict:
     min_cosine: float
 
 
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def _sources_digest() -> str:
     digest = hashlib.sha256()
     for name in _CHECKED_SOURCES:
@@ -51,12 +43,13 @@ def _sources_digest() -> str:
 
 def check_key(weights: str, threshold: float, check_version: int) -> dict:
     """Everything a verdict depends on. `weights` names the weights exactly: tag, file digest, or seed."""
+    import open_clip
     import torch
 
     return {
         "layout": LAYOUT, "weights": weights, "threshold": threshold, "check_version": check_version,
         "cpu": cpu.model_name(), "cpu_flags": cpu.vector_flags(), "torch_cpu_capability": _cpu_capability(torch),
-        "torch": torch.__version__, "open_clip": _version("open_clip_torch"), "code": _sources_digest(),
+        "torch": torch.__version__, "open_clip": open_clip.__version__, "code": _sources_digest(),
     }
 
 
