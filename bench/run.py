@@ -48,15 +48,17 @@ class BenchSizes:
     memory_matches: int
     query_images: int
     cold_numba: bool
+    cli_runs: int  # `raiox match` on one image from the shell, per int8 cache state
 
 
 FULL = BenchSizes(ingest_images=500, ingest_batch_sizes=(8, 16, 32), ingest_rounds=5, n_small=10_000, n_large=100_000,
                   match_queries=200, stage_queries=40, search_queries=200, encoder_images=32,
                   encoder_batch_sizes=(1, 8, 16, 32), encoder_min_seconds=4.0, memory_matches=20, query_images=50,
-                  cold_numba=True)
+                  cold_numba=True, cli_runs=5)
 QUICK = BenchSizes(ingest_images=40, ingest_batch_sizes=(16,), ingest_rounds=1, n_small=500, n_large=2_000, match_queries=30,
                    stage_queries=5, search_queries=30, encoder_images=16, encoder_batch_sizes=(1, 16),
-                   encoder_min_seconds=0.5, memory_matches=3, query_images=8, cold_numba=False)
+                   encoder_min_seconds=0.5, memory_matches=3, query_images=8, cold_numba=False,
+                   cli_runs=1)
 
 
 def _section(report: dict, name: str, fn, *args, **kwargs):
@@ -78,7 +80,7 @@ def _section(report: dict, name: str, fn, *args, **kwargs):
 
 def run_bench(settings: Settings, quick: bool = False, json_path: str | None = None) -> int:
     """Run every section at full (or quick) sizes; write JSON + markdown; return the exit code."""
-    from . import encoder_bench, explorer_bench, ingest_bench, match_bench, memory_bench, references, search_bench
+    from . import cli_bench, encoder_bench, explorer_bench, ingest_bench, match_bench, memory_bench, references, search_bench
     from .env import BenchEnv
 
     import torch
@@ -120,6 +122,7 @@ def run_bench(settings: Settings, quick: bool = False, json_path: str | None = N
             _section(report, "search", search_bench.run, env.db, sets, sizes.search_queries)
             _section(report, "explorer", explorer_bench.run, env, sets, sizes.cold_numba)
             _section(report, "memory", memory_bench.run, env, queries, sizes.memory_matches)
+        _section(report, "cli", cli_bench.run, env, queries[0], sizes.cli_runs)
     finally:
         env.close()
     report["load"]["after"] = loadavg()

@@ -34,6 +34,7 @@ class Settings:
     """Everything configurable; see the README's Configuration table for each variable."""
 
     data_dir: Path = field(default_factory=default_data_dir)
+    cache_dir: Path | None = None  # None: data_dir/cache (what model loads remember, e.g. the int8 check's verdict)
     database_url: str | None = field(default=None, repr=False)  # may hold a password; None: embedded pgserver
     # Both may carry user:password@ or a signed query: kept out of repr, shown only through redact_url.
     storage_url: str | None = field(default=None, repr=False)  # None: file:// under data_dir/objects
@@ -69,6 +70,10 @@ class Settings:
         return self.storage_url or (self.data_dir / "objects").resolve().as_uri()
 
     @property
+    def effective_cache_dir(self) -> Path:
+        return self.cache_dir or self.data_dir / "cache"
+
+    @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
 
@@ -88,6 +93,8 @@ class Settings:
         kwargs: dict = {}
         if (v := get("RAIOX_DATA_DIR")) is not None:
             kwargs["data_dir"] = Path(v).expanduser()
+        if (v := get("RAIOX_CACHE_DIR")) is not None:
+            kwargs["cache_dir"] = Path(v).expanduser()
         for name, attr in [
             ("RAIOX_DATABASE_URL", "database_url"),
             ("RAIOX_STORAGE_URL", "storage_url"),

@@ -29,6 +29,7 @@ REQUIRED = [
     ("explorer", "cold_s"), ("explorer", "warm_s"), ("explorer", "warm_render_s"),
     ("memory", "peak_mb"), ("memory", "text_tower_mb"),
     ("references", "large", "hnsw_build_s"), ("references", "uniform", "hnsw_build_s"),
+    ("cli", "cold", "median_s"), ("cli", "warm", "median_s"), ("cli", "no_model", "median_s"),
 ]
 
 
