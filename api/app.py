@@ -36,6 +36,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.resources = resources
     app.state.rate_limiter = RateLimiter(settings.api_rate_per_min)
     app.state.metrics = Metrics(resources)
+    resources.on_batch = app.state.metrics.batch_size.observe
     errors.install(app)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     for module in (health, matching, references):

@@ -55,3 +55,7 @@ class TooFewReferences(RaioxError):
 
 class ReducerMissing(RaioxError):
     """A map loaded from the cache cannot place new points: its reducer file is gone or unreadable."""
+
+
+class Overloaded(RaioxError):
+    """More work is waiting than the server accepts; the caller should retry shortly."""
