@@ -1,4 +1,4 @@
-"""(h) One image through `raiox match` as a user runs it from the shell: process start-up, imports, model load,
+"""(i) One image through `raiox match` as a user runs it from the shell: process start-up, imports, model load,
 the embedded PostgreSQL's start and stop, the answer; with an empty and with a filled int8 check cache."""
 
 from __future__ import annotations
