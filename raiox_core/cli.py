@@ -366,6 +366,7 @@ def cmd_doctor(args, s: Session) -> int:
     if checks[0][1]:
         check("vectors", lambda: ", ".join(f"{m}: {n}" for m, n in s.db.stats()["embedding_models"].items()) or "none yet")
         check("indexes", lambda: _index_check(s.db, repair=args.repair))
+        check("search", lambda: _recall_check(s.db, s.settings.target_recall, repair=args.repair))
         if checks[1][1]:
             check("images", lambda: _images_check(s.db, s.storage))
             check("orphans", lambda: _orphans_check(s.db, s.storage, repair=args.repair))
@@ -403,6 +404,24 @@ def _orphans_check(db, storage, repair: bool) -> str:
         return done
     return (f"{done} ({len(young)} younger than {ORPHAN_GRACE_S / 60:g} minutes "
             f"{'kept' if repair else 'not counted'}: they may belong to an ingestion in progress)")
+
+
+def _recall_check(db, target: float, repair: bool) -> str:
+    """Per embedding model, the recall probe's ef_search and measured recall; --repair measures what is
+    missing or stale (the vector count changed by a fifth, or another target)."""
+    from . import recall
+
+    lines = []
+    for embedding_model, n in db.stats()["embedding_models"].items():
+        found = recall.recorded(db, embedding_model)
+        if repair and (found is None or found.stale(n, target)):
+            found = recall.probe(db, embedding_model, target)
+        if found is None:
+            lines.append(f"{embedding_model}: recall not measured (`raiox doctor --repair` measures it)")
+        else:
+            stale = " (stale: `raiox doctor --repair` measures again)" if found.stale(n, target) else ""
+            lines.append(f"{embedding_model}: {found.describe()}{stale}")
+    return "; ".join(lines) or "no vectors yet"
 
 
 def _index_check(db, repair: bool) -> str:

@@ -59,3 +59,7 @@ class ReducerMissing(RaioxError):
 
 class RemoteFileError(RaioxError):
     """A file named by URL (a web form's upload) was refused or could not be downloaded."""
+
+
+class Overloaded(RaioxError):
+    """More work is waiting than the server accepts; the caller should retry shortly."""

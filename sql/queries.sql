@@ -234,6 +234,24 @@ RETURNING id, computed_at;
 SELECT embedding_model, computed_at, n_references, report FROM calibrations
 WHERE embedding_model = %(embedding_model)s ORDER BY computed_at DESC, id DESC LIMIT 1;
 
+-- name: sample-vectors
+-- Stored vectors of one model drawn at random, for the recall probe (binary: float32 arrays).
+SELECT reference_id, embedding FROM embeddings WHERE embedding_model = %(embedding_model)s ORDER BY random() LIMIT %(n)s;
+
+-- name: vector-count
+SELECT count(*) AS n FROM embeddings WHERE embedding_model = %(embedding_model)s;
+
+-- name: save-search-tuning
+INSERT INTO search_tuning (embedding_model, ef_search, exact, recall, target, samples, vectors, ladder)
+VALUES (%(embedding_model)s, %(ef_search)s, %(exact)s, %(recall)s, %(target)s, %(samples)s, %(vectors)s, %(ladder)s)
+ON CONFLICT (embedding_model) DO UPDATE SET ef_search = EXCLUDED.ef_search, exact = EXCLUDED.exact,
+    recall = EXCLUDED.recall, target = EXCLUDED.target, samples = EXCLUDED.samples, vectors = EXCLUDED.vectors,
+    ladder = EXCLUDED.ladder, measured_at = now();
+
+-- name: search-tuning
+SELECT embedding_model, ef_search, exact, recall, target, samples, vectors, ladder, measured_at
+FROM search_tuning WHERE embedding_model = %(embedding_model)s;
+
 -- name: insert-adapter
 INSERT INTO adapters (base_model, embedding_model, residual, n_references, report, adopted)
 VALUES (%(base_model)s, %(embedding_model)s, %(residual)s, %(n_references)s, %(report)s, %(adopted)s)

@@ -15,6 +15,7 @@ from typing import Iterator
 import pytest
 
 from raiox_core.synthetic import demo_files
+from tests.envs import subprocess_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 PAGES = ["match", "references", "explorer", "ingest"]
@@ -40,7 +41,7 @@ def app_home(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def app_url(app_home, port_factory):
     data = app_home
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAIOX_")}
+    env = subprocess_env()
     env.update(RAIOX_DATA_DIR=str(data / "data"), RAIOX_PRETRAINED="none", RAIOX_DEVICE="cpu", HF_HUB_OFFLINE="1",
                RAIOX_STAFF_PASSWORD="e2e staff password")
     cli = [sys.executable, "-m", "raiox_core.cli"]
