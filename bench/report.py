@@ -69,6 +69,10 @@ TARGETS = [
            lambda v: v < 1000, " ms"),
     Target("i1", "`raiox match IMAGE` from the shell, one image (median, int8 check cached)", "<= 3 s",
            lambda f: _get(f, "cli", "warm", "median_s"), lambda v: v <= 3.0, " s"),
+    Target("k1", "Similarity map vs one match (same query bytes, median of pairs)", "<= 1.5x",
+           lambda f: _get(f, "explain", "map_vs_match"), lambda v: v <= 1.5, "x"),
+    Target("k2", "Occlusion check with deletion curves, ViT-B-32", "<= 3 s", lambda f: _get(f, "explain", "occlusion_s"),
+           lambda v: v <= 3.0, " s"),
 ]
 
 
@@ -228,6 +232,17 @@ def _details(f: dict) -> list[str]:
                 f"encoder call (`RAIOX_MATCH_BATCHING=off`; median of the rounds {api['speedup_rounds']}), and "
                 f"{api['speedup_vs_one_client_serial']}x what one client gets served one request at a time. The "
                 "clients run on the same machine and share its cores.", ""]
+    if exp := f.get("explain"):
+        out += [f"### (k) Explanations, {exp['rounds']} pairs of one match and one similarity map (same query bytes, "
+                f"alternated), encoder {exp['encoder']}", "", "| | p50 ms | p95 ms |", "|---|---|---|",
+                f"| match (bytes -> vote -> log) | {exp['match']['p50_ms']} | {exp['match']['p95_ms']} |",
+                f"| similarity map (bytes -> reference from storage -> one forward of both) | {exp['map']['p50_ms']} | "
+                f"{exp['map']['p95_ms']} |", "",
+                f"Map vs match: {exp['map_vs_match']}x (median of the pairs' ratios, {exp['pair_ratios_min_max'][0]}-"
+                f"{exp['pair_ratios_min_max'][1]}; ratio of medians {exp['map_vs_match_of_medians']}x); drawing both "
+                f"overlays {exp['overlays_ms']} ms. Occlusion check: {exp['occlusion_images']} images in one batched "
+                f"pass ({exp['deletion_steps']} deletion steps, {exp['random_orders']} random orders): "
+                f"{exp['occlusion_s']} s ({exp['occlusion_ms_per_image']} ms/image; fp32 {exp['occlusion_fp32_s']} s).", ""]
     if refs := f.get("references"):
         out += [f"### (g) Bulk load and HNSW build (m={refs['hnsw_m']}, ef_construction={refs['hnsw_ef_construction']})", "",
                 "| partition | vectors | COPY s | rows/s | HNSW build s | index MB |", "|---|---|---|---|---|---|"]

@@ -85,8 +85,8 @@ def _section(report: dict, name: str, fn, *args, **kwargs):
 
 def run_bench(settings: Settings, quick: bool = False, json_path: str | None = None) -> int:
     """Run every section at full (or quick) sizes; write JSON + markdown; return the exit code."""
-    from . import (api_bench, cli_bench, encoder_bench, explorer_bench, ingest_bench, match_bench, memory_bench, references,
-                   search_bench, train_bench)
+    from . import (api_bench, cli_bench, encoder_bench, explain_bench, explorer_bench, ingest_bench, match_bench,
+                   memory_bench, references, search_bench, train_bench)
     from .env import BenchEnv
 
     import torch
@@ -128,6 +128,7 @@ def run_bench(settings: Settings, quick: bool = False, json_path: str | None = N
             _section(report, "search", search_bench.run, env.db, sets, sizes.search_queries)
             _section(report, "explorer", explorer_bench.run, env, sets, sizes.cold_numba)
             _section(report, "memory", memory_bench.run, env, queries, sizes.memory_matches)
+        _section(report, "explain", explain_bench.run, env, files, queries, quick)
         _section(report, "train", train_bench.run, sizes.train_references)
         _section(report, "cli", cli_bench.run, env, queries[0], sizes.cli_runs)
         # Last: it replaces the reference sets with its own (the served model's partition at n_small).

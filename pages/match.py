@@ -11,12 +11,14 @@ import streamlit as st
 from PIL import Image
 
 from raiox_dashboard.auth import is_staff
+from raiox_dashboard.explain_view import show_explanation
 from raiox_dashboard.resources import cached_stats, get_db, get_limits, get_model_state, get_settings, get_storage
 from raiox_dashboard.submissions import recent_submissions
 from raiox_dashboard.widgets import DISCLAIMER, md_escape, missing_vectors_notice, plot_text, session_memo, show_error, untrained_warning
 from raiox_core.compare import adjust, compare
 from raiox_core.db import Filters
 from raiox_core.errors import RaioxError
+from raiox_core.explain import colour_range, overlay, similarity_map
 from raiox_core.images import prepare_image, thumbnail_png
 from raiox_core.match import match_image
 from raiox_core.threshold import threshold_in_force
@@ -94,7 +96,7 @@ upload = st.file_uploader("X-ray of one implant", type=None, key="match_upload",
                           help="JPEG, PNG, TIFF, BMP, GIF, WebP or DICOM (with or without .dcm).")
 if upload is None:
     # Removing the file forgets the X-ray and its result too: nothing of it outlives its use.
-    for name in ("match_original", "match_result"):
+    for name in ("match_original", "match_result", "match_explain", "match_occlusion"):
         st.session_state.pop(name, None)
     st.stop()
 
@@ -181,11 +183,33 @@ except RaioxError as exc:
 else:
     comparison = compare(query.image, reference)
     left, middle, right = st.columns(3)
-    left.image(query.image, caption="Query", width=300)
-    middle.image(reference, caption=f"{md_escape(chosen.label)} Ø {chosen.diameter_mm:g} mm", width=300)
+    show_map = right.toggle("Similarity map: regions that look alike", key="match_similarity_map",
+                            help="Each patch coloured by its best cosine similarity to the other image's patches, in "
+                                 "the model's embedding space. It shows where the two look alike to the model, not "
+                                 "why it matched them.")
+    explained = None
+    # Per session, keyed on the query's pixels, the reference and the model, never process-wide: a query is
+    # patient data.
+    explain_key = (query.sha256, chosen.id, state.embedder.embedding_model)
+    if show_map:
+        try:
+            explained = session_memo("match_explain", explain_key,
+                                     lambda: similarity_map(query.image, reference, state.embedder))
+        except RaioxError as exc:
+            show_error(exc)
+    if explained is None:
+        left.image(query.image, caption="Query", width=300)
+        middle.image(reference, caption=f"{md_escape(chosen.label)} Ø {chosen.diameter_mm:g} mm", width=300)
+    else:
+        scale = colour_range(explained.query, explained.reference)
+        left.image(overlay(query.image, explained.query, scale, side=300), caption="Query: regions that look alike")
+        middle.image(overlay(reference, explained.reference, scale, side=300),
+                     caption=f"{md_escape(chosen.label)} Ø {chosen.diameter_mm:g} mm: regions that look alike")
     right.plotly_chart(px.imshow(comparison.diff, color_continuous_scale="inferno", zmin=0, zmax=255,
                                  title="Absolute difference"))
     st.metric("SSIM", f"{comparison.ssim:.3f}", help="Structural similarity of the pixels: 1.000 means identical.")
+    if explained is not None:
+        show_explanation(query.image, explained, state.embedder, explain_key, scale)
 
 st.subheader("Feedback")
 with st.form("match_feedback"):

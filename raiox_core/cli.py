@@ -61,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--manufacturer")
     s.add_argument("--json", action="store_true")
 
+    s = sub.add_parser("explain", help="where an X-ray and a reference look alike: similarity map, occlusion check")
+    s.add_argument("image", metavar="IMAGE")
+    s.add_argument("ref_id", type=int, metavar="REF_ID", help="the reference's id (see raiox match or raiox list)")
+    s.add_argument("--out", required=True, metavar="PATH.png", help="where to write the overlay figure (PNG)")
+    s.add_argument("--occlusion", action="store_true", help="also grey out each patch in turn and draw the "
+                   "deletion curve: checks whether the map is faithful to the model (a few seconds)")
+    s.add_argument("--json", action="store_true")
+
     s = sub.add_parser("list", help="list references")
     s.add_argument("--manufacturer")
     s.add_argument("--limit", type=_int_between(1, MAX_LIST), default=1000)
@@ -219,6 +227,52 @@ def _print_match(result) -> None:
         print(f"  {rank}. #{m.id} {shown(m.manufacturer)} {shown(m.model)} {m.diameter_mm:g} mm  "
               f"similarity {m.similarity:.1%}  {shown(m.source_filename)}")
     print(f"  confidence threshold {result.threshold * 100:g}%: {result.threshold_source}")
+
+
+def cmd_explain(args, s: Session) -> int:
+    from .explain import MEANING, explain_reference, figure_png
+    from .images import prepare_image
+
+    out = Path(args.out)
+    # Checked before any work: a figure that cannot be written should not cost a model load first.
+    if out.is_dir() or not out.parent.is_dir() or not os.access(out.parent, os.W_OK) \
+            or (out.exists() and not os.access(out, os.W_OK)):
+        raise RaioxError(f"Cannot write the figure to {args.out}: choose a file in a writable folder.")
+    try:
+        data = Path(args.image).read_bytes()
+    except OSError as exc:
+        raise RaioxError(f"{args.image} could not be read ({exc.strerror or type(exc).__name__}).") from None
+    query = prepare_image(data, s.limits)
+    explanation, reference = explain_reference(query.image, args.ref_id, db=s.db, storage=s.storage,
+                                               embedder=lambda: s.embedder, occlusion=args.occlusion, file=args.image)
+    try:
+        out.write_bytes(figure_png(query.image, reference, explanation))
+    except OSError as exc:
+        raise RaioxError(f"Cannot write the figure to {args.out} ({exc.strerror or type(exc).__name__}).") from None
+    if args.json:
+        print(json.dumps({**explanation.to_json(), "out": str(out)}, indent=2, ensure_ascii=False))
+    else:
+        _print_explanation(explanation, out)
+        print(f"  {MEANING}")
+    return EXIT_OK
+
+
+def _print_explanation(e, out: Path) -> None:
+    from .explain import format_auc
+
+    m, r = e.map, e.reference
+    print(f"{shown(e.file)} vs reference #{r.id} ({shown(r.label)} {r.diameter_mm:g} mm): pair cosine "
+          f"{m.pair_cosine:.4f} (model {shown(m.embedding_model)}, {m.precision})")
+    print(f"  similarity map, {m.grid[0]}x{m.grid[1]} patches (regions that look alike): query mean "
+          f"{m.query.mean():.3f}, max {m.query.max():.3f}; reference mean {m.reference.mean():.3f}, max {m.reference.max():.3f}")
+    if e.occlusion is not None:
+        o, d = e.occlusion, e.occlusion.deletion
+        row, col = divmod(int(o.drops.argmax()), m.grid[1])
+        print(f"  occlusion: largest drop {o.drops.max():.4f} (row {row + 1}, column {col + 1}), mean {o.drops.mean():.4f}"
+              + ("" if o.rank_correlation is None else f"; rank correlation with the map {o.rank_correlation:.2f}"))
+        print(f"  deletion AUC {format_auc(d.auc_importance)} (map order) vs {format_auc(d.auc_random)} (random, {d.random_orders} "
+              f"orders). {d.verdict}")
+    print(f"  wrote {shown(out)}")
 
 
 def cmd_list(args, s: Session) -> int:
@@ -578,6 +632,7 @@ COMMANDS = {
     "demo": cmd_demo, "app": cmd_app, "ingest": cmd_ingest, "match": cmd_match, "list": cmd_list,
     "stats": cmd_stats, "evaluate": cmd_evaluate, "train": cmd_train, "delete": cmd_delete, "doctor": cmd_doctor, "reembed": cmd_reembed,
     "backup": cmd_backup, "restore": cmd_restore, "bench": cmd_bench, "api": cmd_api, "keys": cmd_keys,
+    "explain": cmd_explain,
 }
 
 

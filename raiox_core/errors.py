@@ -63,3 +63,7 @@ class RemoteFileError(RaioxError):
 
 class Overloaded(RaioxError):
     """More work is waiting than the server accepts; the caller should retry shortly."""
+
+
+class ExplainUnavailable(RaioxError):
+    """The loaded image model has no patch tokens to build a similarity map from."""

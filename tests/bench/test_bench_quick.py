@@ -34,6 +34,8 @@ REQUIRED = [
     ("api", "batching", "16", "p95_ms"), ("api", "batching", "16", "mean_batch"), ("api", "speedup_16_clients"),
     ("api", "speedup_vs_one_client_serial"),
     ("train", "200", "total_s"), ("train", "200", "final_fit_s"),
+    ("explain", "map_vs_match"), ("explain", "map", "p50_ms"), ("explain", "match", "p50_ms"),
+    ("explain", "occlusion_s"), ("explain", "occlusion_fp32_s"),
 ]
 
 

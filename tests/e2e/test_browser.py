@@ -185,3 +185,28 @@ def test_staff_see_the_form_submissions_on_match(browser, app_url, app_home):
     assert "Form submissions" not in page.inner_text("body")
     other.close()
     page.close()
+
+
+def test_similarity_map_toggle_and_occlusion_check_on_match(browser, app_url, tmp_path):
+    name, data = demo_files(per_diameter=1)[3]
+    xray = tmp_path / "query.png"
+    xray.write_bytes(data)
+    page = browser.new_page()
+    page.goto(f"{app_url}/match")
+    wait_idle(page)
+    page.locator("input[type='file']").first.set_input_files(str(xray))
+    page.get_by_text("1. Nobel Biocare ACTIVE").first.wait_for(timeout=180_000)
+    wait_idle(page)
+    page.get_by_text("Similarity map: regions that look alike").click()
+    page.get_by_text("Query: regions that look alike").first.wait_for(timeout=180_000)
+    # The legend comes after the overlays in the same run: waited for, not read while the script still runs.
+    page.get_by_text("not a causal explanation").first.wait_for(timeout=180_000)
+    wait_idle(page)
+    assert page.locator("[data-testid='stException']").count() == 0
+    page.get_by_role("button", name="Occlusion check").click()
+    page.get_by_text("Deletion curve", exact=True).first.wait_for(timeout=180_000)  # the chart's title
+    page.get_by_text("The map is").or_(page.get_by_text("Undecided:")).first.wait_for(timeout=60_000)  # the verdict
+    wait_idle(page)
+    assert page.locator("[data-testid='stException']").count() == 0
+    page.screenshot(path=str(tmp_path / "explain.png"), full_page=True)
+    page.close()
