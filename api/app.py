@@ -43,6 +43,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.rate_limiter = RateLimiter(settings.api_rate_per_min)
     app.state.metrics = Metrics(resources)
     app.state.intake = Intake(resources)
+    resources.on_batch = app.state.metrics.batch_size.observe
     errors.install(app)
     app.add_middleware(BodyLimit)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

@@ -10,11 +10,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raiox_core.errors import (
-    DatabaseUnavailable, ImageRejected, InvalidInput, ModelLoadError, NamingError, NotFound, RaioxError, StorageError,
+    DatabaseUnavailable, ImageRejected, InvalidInput, ModelLoadError, NamingError, NotFound, Overloaded, RaioxError,
+    StorageError,
 )
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = 5  # for a database, storage or model not ready yet: a client's sensible next try
+OVERLOADED_RETRY_AFTER_S = 1  # a full match queue is drained in seconds: retry soon, not in RETRY_AFTER_S
 
 
 class ApiError(Exception):
@@ -32,7 +34,7 @@ def not_ready(message: str) -> ApiError:
 # The core's exception types and the status each means; the first that matches wins.
 _STATUS: list[tuple[type[RaioxError], int]] = [
     (NotFound, 404), (ImageRejected, 415), (NamingError, 422), (InvalidInput, 422),
-    (DatabaseUnavailable, 503), (StorageError, 503), (ModelLoadError, 503),
+    (DatabaseUnavailable, 503), (StorageError, 503), (ModelLoadError, 503), (Overloaded, 503),
 ]
 
 
@@ -63,7 +65,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RaioxError)
     async def core_error(_: Request, exc: RaioxError):
         status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 400)
-        headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+        wait = OVERLOADED_RETRY_AFTER_S if isinstance(exc, Overloaded) else RETRY_AFTER_S
+        headers = {"Retry-After": str(wait)} if status == 503 else None
         return error_response(status, _sentence(str(exc)), headers)
 
     @app.exception_handler(RequestValidationError)

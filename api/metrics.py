@@ -47,6 +47,8 @@ class Metrics:
                                buckets=STAGE_BUCKETS, registry=self.registry)
         self.top1 = Histogram("raiox_match_top1_similarity", "Cosine similarity of each match's nearest reference.",
                               buckets=(0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0), registry=self.registry)
+        self.batch_size = Histogram("raiox_match_batch_size", "Images per encoder call of the match queue.",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
         self.ingested = Counter("raiox_ingest_images", "Files sent for ingestion, by result.", ["result"],
                                 registry=self.registry)
         self.registry.register(_Live(resources))

@@ -9,6 +9,7 @@ import streamlit as st
 from raiox_core.config import Settings
 from raiox_core.db import Database, open_database
 from raiox_core.embedder import Embedder
+from raiox_core.errors import RaioxError
 from raiox_core.images import ImageLimits
 from raiox_core.model_state import ModelState, load_model_state
 from raiox_core.storage import Storage, open_storage
@@ -83,7 +84,34 @@ def get_model_state() -> ModelState:
         _last_failure[key] = (time.monotonic(), exc.state)
         return exc.state
     _last_failure.pop(key, None)
-    return state
+    return _adapted(state)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _active_adapter(base_model: str) -> str | None:
+    """The adapter in force for a base model, looked up at most every 30 s: `raiox train` applies without a restart."""
+    from raiox_core.adapter import active_id
+
+    return active_id(get_db(), base_model, get_settings())
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _adapted_state(base_model: str, adapter_id: str, _state: ModelState) -> ModelState:
+    from raiox_core.adapter import with_active_adapter
+
+    return with_active_adapter(_state, get_db(), get_settings())
+
+
+def _adapted(state: ModelState) -> ModelState:
+    """The state with the active adapter of its model (raiox_core.adapter); the base model when there is none,
+    when RAIOX_ADAPTER=off, or while the database cannot be asked."""
+    if not state.usable or get_settings().adapter == "off":
+        return state
+    try:
+        adapter_id = _active_adapter(state.embedding_model)
+    except RaioxError:
+        return state
+    return state if adapter_id is None else _adapted_state(state.embedding_model, adapter_id, state)
 
 
 def get_embedder() -> Embedder:

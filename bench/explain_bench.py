@@ -1,4 +1,4 @@
-"""(h) Explanations: the similarity map against one match on the same queries, and the occlusion check."""
+"""(k) Explanations: the similarity map against one match on the same queries, and the occlusion check."""
 
 from __future__ import annotations
 

@@ -9,33 +9,10 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from raiox_core import cpu as cpu_facts
 
-def _cpuinfo_model() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    found = re.search(r"^model name\s*:\s*(.+)$", text, flags=re.M)
-    return found.group(1).strip() if found else platform.machine()
-
-
-# Widest first: the first flag present names the machine's vector unit in result file names.
-_ISA_TAGS = (("amx_tile", "amx"), ("avx512_vnni", "avx512vnni"), ("avx512f", "avx512"), ("avx_vnni", "avxvnni"),
-             ("avx2", "avx2"))
-
-
-# What the report lists: the vector units above, plus fused multiply-add.
-_REPORTED_FLAGS = ("fma", *(flag for flag, _ in _ISA_TAGS))
-
-
-def _cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    found = re.search(r"^flags\s*:\s*(.+)$", text, flags=re.M)
-    flags = set(found.group(1).split()) if found else set()
-    return sorted(f for f in _REPORTED_FLAGS if f in flags)
+# The CPU's facts are raiox_core's (the int8 check's cache is keyed on them too); the names stay for the tests.
+_cpuinfo_model, _cpu_flags, _ISA_TAGS = cpu_facts.model_name, cpu_facts.vector_flags, cpu_facts.ISA_TAGS
 
 
 def _ram_gb() -> float | None:

@@ -1,7 +1,8 @@
 """`raiox bench`: measure ingestion, matching, search, encoder, explorer and memory on this machine.
 
 Sections run in an order that loads the big reference set once: encoder, ingestion, then the bulk
-load (which also times the HNSW builds), match, search, explorer and memory on that data. A section
+load (which also times the HNSW builds), match, search, explorer and memory on that data; then the
+HTTP API, on a set of its own. A section
 that fails is reported and the others still run; the exit code is 1 then, else 0 (targets that are
 not met are reported, not turned into a failure: the bench measures, it does not judge the build).
 """
@@ -48,15 +49,21 @@ class BenchSizes:
     memory_matches: int
     query_images: int
     cold_numba: bool
+    cli_runs: int  # `raiox match` on one image from the shell, per int8 cache state
+    api_requests: int  # per way of serving, client count and round
+    api_rounds: int
+    train_references: tuple[int, ...] = ()  # `raiox train` (adapter cross-validation) at these sizes
 
 
 FULL = BenchSizes(ingest_images=500, ingest_batch_sizes=(8, 16, 32), ingest_rounds=5, n_small=10_000, n_large=100_000,
                   match_queries=200, stage_queries=40, search_queries=200, encoder_images=32,
                   encoder_batch_sizes=(1, 8, 16, 32), encoder_min_seconds=4.0, memory_matches=20, query_images=50,
-                  cold_numba=True)
+                  cold_numba=True, cli_runs=5, api_requests=160, api_rounds=3,
+                  train_references=(1_000, 10_000))
 QUICK = BenchSizes(ingest_images=40, ingest_batch_sizes=(16,), ingest_rounds=1, n_small=500, n_large=2_000, match_queries=30,
                    stage_queries=5, search_queries=30, encoder_images=16, encoder_batch_sizes=(1, 16),
-                   encoder_min_seconds=0.5, memory_matches=3, query_images=8, cold_numba=False)
+                   encoder_min_seconds=0.5, memory_matches=3, query_images=8, cold_numba=False,
+                   cli_runs=1, api_requests=32, api_rounds=1, train_references=(200,))
 
 
 def _section(report: dict, name: str, fn, *args, **kwargs):
@@ -78,7 +85,8 @@ def _section(report: dict, name: str, fn, *args, **kwargs):
 
 def run_bench(settings: Settings, quick: bool = False, json_path: str | None = None) -> int:
     """Run every section at full (or quick) sizes; write JSON + markdown; return the exit code."""
-    from . import encoder_bench, explain_bench, explorer_bench, ingest_bench, match_bench, memory_bench, references, search_bench
+    from . import (api_bench, cli_bench, encoder_bench, explain_bench, explorer_bench, ingest_bench, match_bench,
+                   memory_bench, references, search_bench, train_bench)
     from .env import BenchEnv
 
     import torch
@@ -121,6 +129,11 @@ def run_bench(settings: Settings, quick: bool = False, json_path: str | None = N
             _section(report, "explorer", explorer_bench.run, env, sets, sizes.cold_numba)
             _section(report, "memory", memory_bench.run, env, queries, sizes.memory_matches)
         _section(report, "explain", explain_bench.run, env, files, queries, quick)
+        _section(report, "train", train_bench.run, sizes.train_references)
+        _section(report, "cli", cli_bench.run, env, queries[0], sizes.cli_runs)
+        # Last: it replaces the reference sets with its own (the served model's partition at n_small).
+        _section(report, "api", api_bench.run, env, sizes.n_small, queries, sizes.api_requests,
+                 sizes.api_rounds)
     finally:
         env.close()
     report["load"]["after"] = loadavg()

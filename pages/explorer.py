@@ -14,8 +14,10 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
+from raiox_dashboard.calibration_view import show_calibration
 from raiox_dashboard.resources import (
-    active_embedding_model, cached_embeddings, get_db, get_embedder, get_limits, get_model_state, get_settings, get_storage,
+    active_embedding_model, cached_embeddings, cached_stats, get_db, get_embedder, get_limits, get_model_state,
+    get_settings, get_storage,
 )
 from raiox_dashboard.widgets import md_escape, missing_vectors_notice, plot_text, session_memo, show_error
 from raiox_core.errors import RaioxError
@@ -154,7 +156,7 @@ def _show_references(df: pd.DataFrame, ids: list[int]) -> None:
         st.caption(f"Showing {MAX_SHOWN} of {len(ids)} selected points.")
 
 
-def _confusion_heatmap(cm: pd.DataFrame, title: str) -> None:
+def _confusion_heatmap(cm: pd.DataFrame, title: str, key: str | None = None) -> None:
     if len(cm) > MAX_CONFUSION_LABELS:
         errors = cm.sum(axis=1) - np.diag(cm) + cm.sum(axis=0) - np.diag(cm)
         keep = errors.sort_values(ascending=False).index[:MAX_CONFUSION_LABELS]
@@ -164,7 +166,50 @@ def _confusion_heatmap(cm: pd.DataFrame, title: str) -> None:
     fig = px.imshow(cm, text_auto=True, color_continuous_scale="Blues", aspect="auto",
                     labels=dict(x="predicted (nearest other reference)", y="true", color="references"), title=title)
     fig.update_layout(height=max(320, 28 * len(cm) + 160), margin=dict(l=10, r=10, t=40, b=10))
-    st.plotly_chart(fig, width="stretch")
+    st.plotly_chart(fig, width="stretch", key=key)
+
+
+def _compare_models(embedding_model: str, labels: pd.DataFrame, vectors: np.ndarray) -> None:
+    """This model and another stored one side by side on the references both have vectors for: leave-one-out
+    accuracy, the cluster table and the model confusion of each (an adapter of `raiox train` beside its base)."""
+    st.subheader("Compare two models")
+    others = [m for m in cached_stats()["embedding_models"] if m != embedding_model]
+    if not others:
+        st.caption("Only this model's vectors are stored. `raiox reembed --model ... --pretrained ...` stores another "
+                   "model's; an adapter adopted by `raiox train` stores its own beside its base model's.")
+        return
+    other = st.selectbox("Compare with", others, index=None, key="explorer_compare",
+                         placeholder="another embedding model stored for these references")
+    if other is None:
+        return
+    try:
+        other_labels, other_vectors = cached_embeddings(other)
+    except RaioxError as exc:
+        show_error(exc)
+        return
+    common = np.intersect1d(labels["id"].to_numpy(), other_labels["id"].to_numpy())
+    if len(common) < MIN_REFERENCES:
+        st.info(f"Only {len(common)} references have vectors of both models; the comparison needs {MIN_REFERENCES}.")
+        return
+    st.caption(f"On the {len(common)} references with vectors of both models, each answered by its nearest others "
+               "(leave-one-out, as in the table above).")
+    columns = st.columns(2)
+    for col, (name, rows, matrix) in zip(columns, ((embedding_model, labels, vectors), (other, other_labels, other_vectors))):
+        keep = rows["id"].isin(common).to_numpy()
+        subset = rows.loc[keep, ["id", "manufacturer", "model"]].reset_index(drop=True)
+        ev = _evaluation(name, vectors_digest(subset["id"].to_numpy(), matrix[keep]), subset, matrix[keep])
+        with col:
+            st.markdown(f"**{md_escape(name)}**")
+            if "+adapter:" in name:
+                st.caption("An adapter learnt from these very references: its leave-one-out figures flatter it. "
+                           "`raiox train` judged it by grouped cross-validation instead.")
+            figures = st.columns(4)
+            for spot, (title, key) in zip(figures, (("Manufacturer top-1", "top1_manufacturer"),
+                                                    (f"Manufacturer top-{TOP_K}", f"top{TOP_K}_manufacturer"),
+                                                    ("Model top-1", "top1_model"), (f"Model top-{TOP_K}", f"top{TOP_K}_model"))):
+                spot.metric(title, f"{ev.overall[key]:.0%}")
+            st.dataframe(ev.by_manufacturer, hide_index=True, width="stretch", key=f"explorer_compare_table_{name}")
+            _confusion_heatmap(ev.confusion_model, "Model of the nearest other reference", key=f"explorer_compare_cm_{name}")
 
 
 st.title("Embedding explorer")
@@ -307,3 +352,9 @@ with tab_m:
     _confusion_heatmap(evaluation.confusion_manufacturer, "Manufacturer of the nearest other reference")
 with tab_l:
     _confusion_heatmap(evaluation.confusion_model, "Model of the nearest other reference")
+
+st.divider()
+_compare_models(embedding_model, labels, vectors)
+
+st.divider()
+show_calibration(embedding_model)

@@ -21,6 +21,7 @@ from raiox_core.errors import RaioxError
 from raiox_core.explain import colour_range, overlay, similarity_map
 from raiox_core.images import prepare_image, thumbnail_png
 from raiox_core.match import match_image
+from raiox_core.threshold import threshold_in_force
 
 ANY = "Any"
 
@@ -131,18 +132,19 @@ filters = Filters(manufacturer=None if manufacturer == ANY else manufacturer)
 
 def run_match():
     with st.spinner("Comparing with the references…"):
-        return match_image(query, db=get_db(), embedder=state.embedder, threshold=settings.match_threshold,
-                           k=k, filters=filters)
+        return match_image(query, db=get_db(), embedder=state.embedder, threshold=threshold, k=k, filters=filters)
 
 
 try:
+    threshold = threshold_in_force(settings, get_db(), state.embedder.embedding_model)
     # Keyed on the query's pixels and the search parameters: feedback clicks and choosing a match to
     # compare rerun the script but neither re-embed nor log a second request.
-    result = session_memo("match_result", (query.sha256, k, filters, settings.match_threshold), run_match)
+    result = session_memo("match_result", (query.sha256, k, filters, threshold), run_match)
 except RaioxError as exc:
     show_error(exc)
     st.stop()
 show_answer(result)
+st.caption(f"Confidence threshold {result.threshold * 100:g}%: {md_escape(result.threshold_source)}.")
 if not result.matches:
     st.info("No reference has vectors for this model and filter yet: try another manufacturer, or ask "
             "staff to run `raiox reembed`.")
@@ -150,10 +152,10 @@ if not result.matches:
 
 if result.restricted_to:  # the manufacturer vote is the filter's, not the model's: only the model vote is shown
     st.plotly_chart(vote_chart(result.model_vote, f"Model, among {plot_text(result.restricted_to)}",
-                               settings.match_threshold if result.confidence_of == "model" else None))
+                               result.threshold if result.confidence_of == "model" else None))
 else:
     chart_left, chart_right = st.columns(2)
-    chart_left.plotly_chart(vote_chart(result.manufacturer_vote, "Manufacturer", settings.match_threshold))
+    chart_left.plotly_chart(vote_chart(result.manufacturer_vote, "Manufacturer", result.threshold))
     chart_right.plotly_chart(vote_chart(result.model_vote, "Model"))
 
 st.subheader("Most similar references")

@@ -149,6 +149,7 @@ def _record(ref: dict) -> dict:
         "diameter_mm": float(ref["diameter_mm"]), "source_filename": ref["source_filename"],
         "width": ref["width"], "height": ref["height"], "source": ref["source"],
         "created_at": ref["created_at"].isoformat(),  # for the record; restored rows get the restore time
+        "group_id": ref["group_id"],  # absent in archives made before groups: read as none
     }
 
 
@@ -222,7 +223,8 @@ def restore(db: Database, storage: Storage, path: Path, progress: Progress | Non
 
 def _new_reference(record: dict, vectors: dict[str, np.ndarray], png: bytes) -> NewReference:
     return NewReference(Labels(record["manufacturer"], record["model"], record["diameter_mm"]), record["sha256"],
-                        record["width"], record["height"], png, record["source_filename"], record["source"], vectors)
+                        record["width"], record["height"], png, record["source_filename"], record["source"], vectors,
+                        record.get("group_id"))
 
 
 def _image(archive: zipfile.ZipFile, sha256: str, name: str, encode: bool = True) -> bytes:
@@ -359,6 +361,9 @@ def _check_record(record) -> dict:
     for field in ("width", "height"):
         if isinstance(record[field], bool) or not isinstance(record[field], int) or record[field] <= 0:
             raise ValueError(f"{field} is not a positive whole number")
+    group = record.get("group_id")
+    if group is not None and not (isinstance(group, str) and 0 < len(group) <= 200 and "\x00" not in group):
+        raise ValueError("group_id is not a text of 1 to 200 characters")
     return record
 
 

@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--manufacturer")
     s.add_argument("--model")
     s.add_argument("--diameter", type=float, help="diameter in mm")
+    s.add_argument("--group", metavar="ID", help="the files are X-rays of one physical implant: evaluation and "
+                   "training hold them out together")
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("match", help="find the most similar references for X-ray images")
@@ -73,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("stats", help="counts per manufacturer and vectors per embedding model")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("evaluate", help="how often matching is right on the references (leave one group out), "
+                       "and the calibrated confidence threshold")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("train", help="fit an adapter on the references' stored vectors; adopt it only when "
+                       "grouped cross-validation shows it certainly beats the frozen model")
+    s.add_argument("--off", action="store_true", help="switch the active adapter off (its vectors are kept)")
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("delete", help="delete references and their images")
@@ -109,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     k = keys.add_parser("revoke", help="revoke the active key of a name")
     k.add_argument("name", metavar="NAME")
 
-    s = sub.add_parser("bench", help="measure ingestion, matching, search, encoder, explorer and memory here")
+    s = sub.add_parser("bench", help="measure ingestion, matching, search, encoder, explorer, memory and adapter training here")
     s.add_argument("--quick", action="store_true", help="small sizes: checks that every figure is produced")
     s.add_argument("--json", metavar="PATH", help="also write the JSON report to PATH")
     return p
@@ -145,9 +156,10 @@ class Session:
     @property
     def embedder(self):
         if self._embedder is None:
+            from .adapter import with_active_adapter
             from .model_state import UNTRAINED, load_model_state
 
-            state = load_model_state(self.settings)
+            state = with_active_adapter(load_model_state(self.settings), lambda: self.db, self.settings)
             self._embedder = state.require()
             if state.status == UNTRAINED:
                 _err(f"warning: UNTRAINED weights ({state.embedding_model}); matches are not meaningful. {state.reason}")
@@ -172,7 +184,7 @@ def _progress(done: int, total: int, stage: str) -> None:
 def cmd_ingest(args, s: Session) -> int:
     from .ingest import LabelOverride, ingest_paths
 
-    labels = LabelOverride(args.manufacturer, args.model, args.diameter)
+    labels = LabelOverride(args.manufacturer, args.model, args.diameter, group_id=args.group)
     report = ingest_paths(args.paths, labels, db=s.db, storage=s.storage, embedder=s.embedder, limits=s.limits,
                           progress=_progress)
     if args.json:
@@ -193,10 +205,11 @@ def cmd_ingest(args, s: Session) -> int:
 def cmd_match(args, s: Session) -> int:
     from .db import Filters
     from .match import Refusal, match_files, resolve_manufacturer
+    from .threshold import ThresholdPolicy
 
     filters = Filters(manufacturer=resolve_manufacturer(s.db, args.manufacturer))  # "zimmer" means Zimmer
     answers = match_files([(name, Path(name).read_bytes) for name in args.images], limits=s.limits, db=s.db,
-                          embedder=lambda: s.embedder, threshold=s.settings.match_threshold, k=args.k, filters=filters)
+                          embedder=lambda: s.embedder, threshold=ThresholdPolicy(s.settings, s.db), k=args.k, filters=filters)
     if args.json:
         print(json.dumps([a.to_json() for a in answers], indent=2, ensure_ascii=False))
     else:
@@ -213,6 +226,7 @@ def _print_match(result) -> None:
     for rank, m in enumerate(result.matches, 1):
         print(f"  {rank}. #{m.id} {shown(m.manufacturer)} {shown(m.model)} {m.diameter_mm:g} mm  "
               f"similarity {m.similarity:.1%}  {shown(m.source_filename)}")
+    print(f"  confidence threshold {result.threshold * 100:g}%: {result.threshold_source}")
 
 
 def cmd_explain(args, s: Session) -> int:
@@ -275,6 +289,83 @@ def cmd_list(args, s: Session) -> int:
     return EXIT_OK
 
 
+def _figure(f: dict) -> str:
+    return f"{f['value']:.1%} ({f['low']:.1%}-{f['high']:.1%})"
+
+
+def cmd_evaluate(args, s: Session) -> int:
+    from . import calibration
+    from .adapter import active_model_id
+    from .embedder import embedding_model_for
+    from .threshold import threshold_in_force
+
+    base_model = embedding_model_for(s.settings.model, s.settings.pretrained)  # stored vectors: no model load
+    embedding_model = active_model_id(s.db, base_model, s.settings)
+    report = calibration.evaluate_references(calibration.LabelledVectors.load(s.db, embedding_model))
+    if embedding_model != base_model:
+        report["note"] = ("The active adapter was trained on these references, so these figures flatter it; the "
+                          "cross-validated ones of `raiox train` do not.")
+    report = calibration.save(s.db, embedding_model, report)
+    report["threshold"] = threshold_in_force(s.settings, s.db, embedding_model).to_json()
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    a = report["accuracy"]
+    print(f"{report['references']} references of {shown(embedding_model)} in {report['groups']} groups, left out "
+          "a group at a time; the vote of /match (95% intervals, bootstrap over groups):")
+    for level, name in (("manufacturer", "manufacturer"), ("model", "model"), ("model_diameter", "model + diameter")):
+        print(f"  {name:17} top-1 {_figure(a[f'top1_{level}'])}   top-5 {_figure(a[f'top5_{level}'])}")
+    for m in report["by_manufacturer"]:
+        print(f"  {shown(m['manufacturer'])} ({m['references']}): manufacturer top-1 {_figure(m['top1_manufacturer'])}, "
+              f"model top-1 {_figure(m['top1_model'])}")
+    print(f"Confidence (of the {report['confidence_of'] or 'no'} vote): threshold, share answered confidently, "
+          "share of those right:")
+    for point in report["precision_coverage"][::10]:
+        right = "-" if point["precision"] is None else f"{point['precision']:.1%}"
+        print(f"  {point['threshold']:.1f}  {point['coverage']:6.1%}  {right}")
+    t = report["threshold"]
+    print(f"Threshold in force: {t['value'] * 100:g}% ({shown(t['source'])}). Stored as the calibration of "
+          f"{report['computed_at'][:10]}.")
+    if report.get("note"):
+        print(f"Note: {report['note']}")
+    return EXIT_OK
+
+
+def cmd_train(args, s: Session) -> int:
+    from . import adapter
+    from .embedder import embedding_model_for
+
+    base_model = embedding_model_for(s.settings.model, s.settings.pretrained)  # stored vectors: no model load
+    if args.off:
+        switched = adapter.deactivate(s.db, base_model)
+        if args.json:
+            print(json.dumps({"base_model": base_model, "deactivated": switched}, indent=2, ensure_ascii=False))
+        else:
+            print(f"{', '.join(map(shown, switched))} switched off: {shown(base_model)} answers with its own vectors."
+                  if switched else f"No adapter of {shown(base_model)} was active; nothing changed.")
+        return EXIT_OK
+    report = adapter.train(s.db, base_model, progress=lambda d, t: _progress(d, t, "folds"))
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    print(f"{report['references']} references of {shown(base_model)} in {report['groups']} groups, "
+          f"{report['folds']}-fold grouped cross-validation; the vote of /match (95% intervals, bootstrap over groups):")
+    print(f"  {'':22} {'frozen':>22} {'adapter':>22} {'improvement':>24}")
+    for level in ("manufacturer", "model"):
+        for k in (1, 5):
+            key = f"top{k}_{level}"
+            gain = report["improvement"][key]
+            print(f"  {level + ' top-' + str(k):22} {_figure(report['frozen'][key]):>22} "
+                  f"{_figure(report['adapted'][key]):>22} "
+                  f"{gain['value']:>+8.1%} ({gain['low']:+.1%} to {gain['high']:+.1%})")
+    if report["adopted"]:
+        print(f"Adopted as {shown(report['adapter_model'])}: its vectors are stored for every reference and every "
+              "door uses it; RAIOX_ADAPTER=off or `raiox train --off` switches back.")
+    else:
+        print(f"Not adopted: {report['reason']}; nothing changed.")
+    return EXIT_OK
+
+
 def cmd_stats(args, s: Session) -> int:
     from .references import stats_json
 
@@ -329,6 +420,7 @@ def cmd_doctor(args, s: Session) -> int:
     if checks[0][1]:
         check("vectors", lambda: ", ".join(f"{m}: {n}" for m, n in s.db.stats()["embedding_models"].items()) or "none yet")
         check("indexes", lambda: _index_check(s.db, repair=args.repair))
+        check("search", lambda: _recall_check(s.db, s.settings.target_recall, repair=args.repair))
         if checks[1][1]:
             check("images", lambda: _images_check(s.db, s.storage))
             check("orphans", lambda: _orphans_check(s.db, s.storage, repair=args.repair))
@@ -366,6 +458,24 @@ def _orphans_check(db, storage, repair: bool) -> str:
         return done
     return (f"{done} ({len(young)} younger than {ORPHAN_GRACE_S / 60:g} minutes "
             f"{'kept' if repair else 'not counted'}: they may belong to an ingestion in progress)")
+
+
+def _recall_check(db, target: float, repair: bool) -> str:
+    """Per embedding model, the recall probe's ef_search and measured recall; --repair measures what is
+    missing or stale (the vector count changed by a fifth, or another target)."""
+    from . import recall
+
+    lines = []
+    for embedding_model, n in db.stats()["embedding_models"].items():
+        found = recall.recorded(db, embedding_model)
+        if repair and (found is None or found.stale(n, target)):
+            found = recall.probe(db, embedding_model, target)
+        if found is None:
+            lines.append(f"{embedding_model}: recall not measured (`raiox doctor --repair` measures it)")
+        else:
+            stale = " (stale: `raiox doctor --repair` measures again)" if found.stale(n, target) else ""
+            lines.append(f"{embedding_model}: {found.describe()}{stale}")
+    return "; ".join(lines) or "no vectors yet"
 
 
 def _index_check(db, repair: bool) -> str:
@@ -520,7 +630,7 @@ def cmd_keys(args, s: Session) -> int:
 
 COMMANDS = {
     "demo": cmd_demo, "app": cmd_app, "ingest": cmd_ingest, "match": cmd_match, "list": cmd_list,
-    "stats": cmd_stats, "delete": cmd_delete, "doctor": cmd_doctor, "reembed": cmd_reembed,
+    "stats": cmd_stats, "evaluate": cmd_evaluate, "train": cmd_train, "delete": cmd_delete, "doctor": cmd_doctor, "reembed": cmd_reembed,
     "backup": cmd_backup, "restore": cmd_restore, "bench": cmd_bench, "api": cmd_api, "keys": cmd_keys,
     "explain": cmd_explain,
 }

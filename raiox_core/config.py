@@ -15,7 +15,7 @@ DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 MAX_K = 50  # the most references a match answers with, on every door
 # Where Jotform serves uploaded files (US, EU and HIPAA accounts); a host a file URL redirects to must be listed too.
 JOTFORM_FILE_HOSTS = "www.jotform.com,eu.jotform.com,hipaa.jotform.com,files.jotform.com"
-_BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
 def default_data_dir() -> Path:
@@ -34,6 +34,7 @@ class Settings:
     """Everything configurable; see the README's Configuration table for each variable."""
 
     data_dir: Path = field(default_factory=default_data_dir)
+    cache_dir: Path | None = None  # None: data_dir/cache (what model loads remember, e.g. the int8 check's verdict)
     database_url: str | None = field(default=None, repr=False)  # may hold a password; None: embedded pgserver
     # Both may carry user:password@ or a signed query: kept out of repr, shown only through redact_url.
     storage_url: str | None = field(default=None, repr=False)  # None: file:// under data_dir/objects
@@ -46,6 +47,9 @@ class Settings:
     max_upload_mb: float = 20.0
     max_pixels: int = 50_000_000
     match_threshold: float = 0.6
+    match_threshold_set: bool = False  # RAIOX_MATCH_THRESHOLD was given: it overrides a calibrated threshold
+    target_precision: float | None = None  # RAIOX_TARGET_PRECISION: threshold from `raiox evaluate`'s curve
+    target_recall: float = 0.98  # RAIOX_TARGET_RECALL: recall@10 the recall probe tunes ef_search for
     staff_password: str | None = field(default=None, repr=False)
     pool_max_size: int = 8
     db_timeout_s: float = 10.0
@@ -56,6 +60,12 @@ class Settings:
     jotform_timeout_s: float = 10.0
     result_webhook_url: str | None = field(default=None, repr=False)  # may carry a token
     log_format: str = "text"  # of `raiox api`'s log: "text" or "json" (one object per line)
+    # The API's encoder queue (raiox_core.batching): concurrent match requests share one encoder call.
+    match_batching: bool = True
+    match_batch_window_ms: float = 5.0  # how long the first image of a batch waits for company
+    match_batch_max: int = 16  # images per encoder call (the encoder's own batch size)
+    match_queue: int = 64  # match requests the API holds at once; beyond, 503 with Retry-After
+    adapter: str = "on"  # RAIOX_ADAPTER: "off" searches the base model's vectors even when `raiox train` adopted one
 
     @property
     def embedded_database(self) -> bool:
@@ -64,6 +74,10 @@ class Settings:
     @property
     def effective_storage_url(self) -> str:
         return self.storage_url or (self.data_dir / "objects").resolve().as_uri()
+
+    @property
+    def effective_cache_dir(self) -> Path:
+        return self.cache_dir or self.data_dir / "cache"
 
     @property
     def max_upload_bytes(self) -> int:
@@ -85,6 +99,8 @@ class Settings:
         kwargs: dict = {}
         if (v := get("RAIOX_DATA_DIR")) is not None:
             kwargs["data_dir"] = Path(v).expanduser()
+        if (v := get("RAIOX_CACHE_DIR")) is not None:
+            kwargs["cache_dir"] = Path(v).expanduser()
         for name, attr in [
             ("RAIOX_DATABASE_URL", "database_url"),
             ("RAIOX_STORAGE_URL", "storage_url"),
@@ -102,15 +118,17 @@ class Settings:
             ("RAIOX_DEVICE", "device", ("auto", "cpu", "cuda")),
             ("RAIOX_PRECISION", "precision", ("auto", "fp32")),
             ("RAIOX_LOG_FORMAT", "log_format", ("text", "json")),
+            ("RAIOX_ADAPTER", "adapter", ("on", "off")),
         ]:
             if (v := get(name)) is not None:
                 if v not in choices:
                     raise ConfigError(f"{name} must be {', '.join(choices[:-1])} or {choices[-1]}, not {v!r}.")
                 kwargs[attr] = v
-        if (v := get("RAIOX_UNTRAINED_FALLBACK")) is not None:
-            if v.lower() not in _BOOLEANS:
-                raise ConfigError(f"RAIOX_UNTRAINED_FALLBACK must be 1 or 0, not {v!r}.")
-            kwargs["untrained_fallback"] = _BOOLEANS[v.lower()]
+        for name, attr in [("RAIOX_UNTRAINED_FALLBACK", "untrained_fallback"), ("RAIOX_MATCH_BATCHING", "match_batching")]:
+            if (v := get(name)) is not None:
+                if v.lower() not in _BOOLEANS:
+                    raise ConfigError(f"{name} must be 1 or 0 (on or off), not {v!r}.")
+                kwargs[attr] = _BOOLEANS[v.lower()]
         for name, attr, kind, low, high in [
             ("RAIOX_MAX_UPLOAD_MB", "max_upload_mb", float, 0.001, 10_000),
             ("RAIOX_MAX_PIXELS", "max_pixels", int, 1024, 10**10),
@@ -119,6 +137,11 @@ class Settings:
             ("RAIOX_DB_TIMEOUT_S", "db_timeout_s", float, 0.1, 3600),
             ("RAIOX_API_RATE_PER_MIN", "api_rate_per_min", int, 1, 1_000_000),
             ("RAIOX_JOTFORM_TIMEOUT_S", "jotform_timeout_s", float, 0.1, 600),
+            ("RAIOX_TARGET_PRECISION", "target_precision", float, 0.5, 1.0),
+            ("RAIOX_TARGET_RECALL", "target_recall", float, 0.5, 1.0),
+            ("RAIOX_MATCH_BATCH_WINDOW_MS", "match_batch_window_ms", float, 0.0, 1000.0),
+            ("RAIOX_MATCH_BATCH_MAX", "match_batch_max", int, 1, 256),
+            ("RAIOX_MATCH_QUEUE", "match_queue", int, 1, 100_000),
         ]:
             if (v := get(name)) is None:
                 continue
@@ -129,7 +152,7 @@ class Settings:
             if not low <= value <= high:
                 raise ConfigError(f"{name} must be between {low} and {high}, not {v}.")
             kwargs[attr] = value
-        settings = cls(**kwargs)
+        settings = cls(**kwargs, match_threshold_set="match_threshold" in kwargs)
         try:
             HostList.parse(settings.jotform_file_hosts)
         except ValueError as exc:

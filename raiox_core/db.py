@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -39,6 +41,7 @@ HNSW_PARAMS = {"m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION}  # as index
 # A filtered HNSW scan keeps about ef_search * (candidates / rows) rows: with more than EXACT_SEARCH_MAX_ROWS
 # candidates that is >= 10 up to ~800k vectors per model (bench/README.md: beyond, search exactly or upgrade).
 FILTERED_EF_SEARCH = 400
+TUNING_TTL_S = 60.0  # how long a process keeps the recall probe's ef_search before reading it again
 
 
 PGVECTOR_HNSW_DEFAULTS = {"m": 16, "ef_construction": 64}  # what an index built without WITH (...) has
@@ -134,6 +137,7 @@ class Database:
         self._server = server  # keeps the embedded server alive as long as this object
         self._indexed_models: set[str] = set()
         self._lock = threading.Lock()
+        self._tunings: dict[str, tuple[float, dict | None]] = {}  # model -> (read at, recall probe's row)
         self.pool = ConnectionPool(
             url,
             min_size=1,
@@ -292,7 +296,7 @@ class Database:
         try:
             with self.connection() as conn:
                 conn.execute(named_queries()["lock-image"], {"sha256": reference["sha256"]})
-                (ref_id,) = conn.execute(named_queries()["insert-reference"], reference).fetchone()
+                (ref_id,) = conn.execute(named_queries()["insert-reference"], {"group_id": None, **reference}).fetchone()
                 conn.cursor().executemany(named_queries()["upsert-embedding"], [
                     {"reference_id": ref_id, "embedding_model": embedding_model, "dim": len(v), "embedding": v}
                     for embedding_model, v in vectors.items()])
@@ -312,16 +316,16 @@ class Database:
             self.ensure_model_index(embedding_model, dim)
         queries = named_queries()
         columns = ("manufacturer", "model", "diameter_mm", "source_filename", "sha256", "object_key", "width",
-                   "height", "source")
+                   "height", "source", "group_id")
         with self.connection() as conn:
             cur = conn.cursor()
             for sha in sorted(r["sha256"] for r in references):
                 cur.execute(queries["lock-image"], {"sha256": sha})
             cur.execute(queries["create-incoming-references"])
             with cur.copy(queries["copy-incoming-references"]) as copy:
-                copy.set_types(["text", "text", "float8", "text", "text", "text", "int4", "int4", "text"])
+                copy.set_types(["text", "text", "float8", "text", "text", "text", "int4", "int4", "text", "text"])
                 for r in references:
-                    copy.write_row([r[c] for c in columns])
+                    copy.write_row([r.get(c) for c in columns])  # group_id is optional
             inserted = dict(cur.execute(queries["insert-incoming-references"]).fetchall())
             self._copy_vectors(cur, [(inserted[r["sha256"]], embedding_model, v) for r, vs in zip(references, vectors)
                                      if r["sha256"] in inserted for embedding_model, v in vs.items()])
@@ -457,15 +461,38 @@ class Database:
         params = {**filters.params(), "q": np.asarray(vector, dtype=np.float32), "k": k}
         active = filters.active()
         exact = exact or bool(active) and self.count(filters) <= EXACT_SEARCH_MAX_ROWS
+        tuned = None if exact or ef_search else self._tuning(embedding_model)  # the recall probe's choice
+        exact = exact or bool(tuned and tuned["exact"])
         with self.connection() as conn:
             if exact:
                 conn.execute("SET LOCAL enable_indexscan = off")
             else:
-                ef = ef_search or (FILTERED_EF_SEARCH if active else DEFAULT_EF_SEARCH)
+                needed = (tuned or {}).get("ef_search") or DEFAULT_EF_SEARCH
+                ef = ef_search or (max(FILTERED_EF_SEARCH, needed) if active else needed)
                 conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(max(ef, k))))
             cur = conn.cursor(row_factory=dict_row)
             cur.execute(query, params)
             return cur.fetchall()
+
+    def _tuning(self, embedding_model: str) -> dict | None:
+        """The recall probe's row for the model, re-read at most every TUNING_TTL_S (another process may probe)."""
+        now = time.monotonic()
+        read_at, row = self._tunings.get(embedding_model, (-math.inf, None))
+        if now - read_at > TUNING_TTL_S:
+            rows = self.query("search-tuning", {"embedding_model": embedding_model})
+            row = rows[0] if rows else None
+            self._tunings[embedding_model] = (now, row)
+        return row
+
+    def forget_tuning(self) -> None:
+        self._tunings.clear()
+
+    def sample_vectors(self, embedding_model: str, n: int) -> list[tuple[int, np.ndarray]]:
+        """(reference id, vector) of up to n stored vectors of the model, drawn at random."""
+        with self.connection() as conn:
+            cur = conn.cursor(binary=True)
+            cur.execute(named_queries()["sample-vectors"], {"embedding_model": embedding_model, "n": n})
+            return [(int(i), v) for i, v in cur.fetchall()]
 
     # -- match log ----------------------------------------------------------------------------------
 

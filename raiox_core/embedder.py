@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from . import int8_verdicts
 from .errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,7 @@ UNTRAINED = "none"
 UNTRAINED_SEED = 0  # untrained weights are reproducible across processes, so their vectors stay comparable
 PRECISIONS = ("auto", "fp32")
 INT8_MIN_COSINE = 0.999  # int8 is used only when every probe vector stays this close to its fp32 vector
+INT8_CHECK_VERSION = 1  # bump when the check itself (probe_images, _probe_int8) changes: cached verdicts expire
 HUB_HOST = ("huggingface.co", 443)
 
 
@@ -88,15 +90,30 @@ class Embedder:
     def encode_one(self, image: Image.Image) -> np.ndarray:
         return self.encode([image])[0]
 
+    def stored_vectors(self, pixels, batch_size: int = 16) -> dict[str, np.ndarray]:
+        """embedding model -> (n, dim) vectors to store for each image of a preprocessed tensor (an adapted
+        embedder, raiox_core.adapter, gives its base vectors too)."""
+        return {self.embedding_model: self.encode_tensor(pixels, batch_size)}
 
-def embedding_model_for(model: str, pretrained: str) -> str:
-    """The label stored with each vector; a checkpoint is named by its file name and content hash."""
+
+def embedding_model_for(model: str, pretrained: str, digest: str | None = None) -> str:
+    """The label stored with each vector; a checkpoint is named by its file name and content hash.
+
+    `digest`: the checkpoint's SHA-256 when the caller has it already (hashing a checkpoint takes a while).
+    """
     if pretrained.lower() == UNTRAINED:
         return f"{model}/untrained"
     path = Path(pretrained).expanduser()
     if path.is_file():
-        return f"{model}/file:{path.name}@{_file_digest(path)[:12]}"
+        return f"{model}/file:{path.name}@{(digest or _file_digest(path))[:12]}"
     return f"{model}/{pretrained}"
+
+
+def _weights_identity(model: str, pretrained: str, digest: str | None) -> str:
+    """The weights exactly, for the int8 check's cache: a checkpoint by its whole digest, untrained by its seed."""
+    if pretrained.lower() == UNTRAINED:
+        return f"{model}/untrained seed {UNTRAINED_SEED}"
+    return f"{model}/file sha256:{digest}" if digest else f"{model}/{pretrained}"
 
 
 def _file_digest(path: Path) -> str:
@@ -193,40 +210,77 @@ def probe_images() -> list[Image.Image]:
     return [normalise(render(d, d.diameters_mm[0], seed=i, side=224)) for i, d in enumerate(CATALOGUE)]
 
 
-def _try_int8(embedder: Embedder) -> None:
+def _probe_int8(embedder: Embedder, tower) -> int8_verdicts.Verdict:
+    """Encode the probe images in fp32 and in int8 (`tower`, left inactive) and compare (~5 s on 2 cores)."""
+    from .quantise import min_cosine
+
+    probes = probe_images()
+    reference = embedder.encode(probes)
+    tower.activate()
+    try:
+        worst = min_cosine(reference, embedder.encode(probes))
+    finally:
+        tower.deactivate()
+    return int8_verdicts.Verdict(worst >= INT8_MIN_COSINE, worst)
+
+
+def _try_int8(embedder: Embedder, cache_dir: Path | None = None, weights: str | None = None) -> None:
     """Switch to int8 matmuls where fbgemm runs them and the probe vectors stay within INT8_MIN_COSINE.
 
-    Checked per loaded checkpoint: trained weights can have activation outliers that untrained ones
-    lack, so a pass on one set of weights says nothing about another.
+    Checked per set of weights: trained weights can have activation outliers that untrained ones lack, so a
+    pass on one set says nothing about another. With `cache_dir` (and `weights`, their exact identity) the
+    verdict is kept there per weights, CPU and code (int8_verdicts), and a later load reuses it.
     """
     import torch
 
-    from .quantise import Int8Tower, min_cosine
+    from .quantise import Int8Tower
 
     if embedder.device != "cpu" or "fbgemm" not in torch.backends.quantized.supported_engines:
         return
     if not hasattr(embedder.model.visual, "transformer"):  # the int8 forwards are a ViT's (not RN50's): fp32
         log.info("%s has no transformer image tower: encoding in fp32.", embedder.embedding_model)
         return
-    probes = probe_images()
-    reference = embedder.encode(probes)
-    tower = Int8Tower(embedder.model.visual)
-    tower.activate()
-    embedder.int8_min_cosine = min_cosine(reference, embedder.encode(probes))
-    if embedder.int8_min_cosine >= INT8_MIN_COSINE:
-        embedder.int8 = tower
+    key = None if cache_dir is None or weights is None else \
+        int8_verdicts.check_key(weights, INT8_MIN_COSINE, INT8_CHECK_VERSION)
+    verdict = None if key is None else int8_verdicts.read(cache_dir, key)
+    tower = None
+    if verdict is None:
+        tower = Int8Tower(embedder.model.visual)
+        verdict = _probe_int8(embedder, tower)
+        if key is not None:
+            int8_verdicts.write(cache_dir, key, verdict)
+    embedder.int8_min_cosine = verdict.min_cosine
+    if verdict.passed:
+        embedder.int8 = tower or Int8Tower(embedder.model.visual)
+        embedder.int8.activate()
     else:
-        tower.deactivate()
         log.warning("int8 vectors of %s stay only within cosine %.5f of fp32 (< %s): encoding in fp32.",
                     embedder.embedding_model, embedder.int8_min_cosine, INT8_MIN_COSINE)
 
 
+# The text tower an untrained model is built with: open_clip builds the image tower first, so its seeded
+# weights come out the same whatever follows, and a full text tower would cost ~1 s of random init only
+# for _drop_text_tower to free it.
+_TINY_TEXT = {"context_length": 1, "vocab_size": 1, "width": 8, "heads": 1, "layers": 1}
+
+
+def _untrained_create_kwargs(model: str) -> dict:
+    """create_model's overrides for an untrained `model`: the tiny text tower where the image tower comes first."""
+    import open_clip
+
+    config = open_clip.get_model_config(model) or {}
+    if "multimodal_cfg" in config or "hf_model_name" in config.get("text_cfg", {}):
+        return {}  # CoCa and Hugging Face text towers: built as they are
+    return {"text_cfg": dict(_TINY_TEXT)}
+
+
 def load_embedder(model: str = "ViT-B-32", pretrained: str = "laion2b_s34b_b79k", device: str = "auto",
-                  precision: str = "auto") -> Embedder:
+                  precision: str = "auto", cache_dir: Path | None = None) -> Embedder:
     """Create the OpenCLIP model once; the caller caches it (the app with st.cache_resource).
 
     precision "auto" encodes with int8 matmuls on CPU when they pass the probe check (see _try_int8),
-    "fp32" always in fp32.
+    "fp32" always in fp32. `cache_dir`: where the probe check's verdict is kept for later loads (None: the
+    check runs at every load).
     """
     import open_clip
     import torch
@@ -247,12 +301,13 @@ def load_embedder(model: str = "ViT-B-32", pretrained: str = "laion2b_s34b_b79k"
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(UNTRAINED_SEED)
             clip = open_clip.create_model(model, pretrained=pretrained if trained and not from_file else None,
-                                          device=device)
+                                          device=device, **({} if trained else _untrained_create_kwargs(model)))
         if from_file:
             _load_image_checkpoint(clip, path)
     except (RuntimeError, OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as exc:  # a bad file too
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelLoadError(f"Could not load {model} weights from {pretrained}: {first}") from None
+    digest = _file_digest(path) if from_file else None  # after the load: a file that fails is not hashed here
     _drop_text_tower(clip)
     clip.eval()
     visual = clip.visual
@@ -262,12 +317,13 @@ def load_embedder(model: str = "ViT-B-32", pretrained: str = "laion2b_s34b_b79k"
     dim = int(visual.output_dim)
     if not trained:
         log.warning("Raiox is using UNTRAINED %s weights: matches are not meaningful.", model)
-    embedder = Embedder(clip, embedding_model_for(model, pretrained), dim, size, mean, std, device, trained)
+    embedder = Embedder(clip, embedding_model_for(model, pretrained, digest), dim, size, mean, std, device, trained)
     if precision == "auto":
-        _try_int8(embedder)
+        _try_int8(embedder, cache_dir, _weights_identity(model, pretrained, digest))
     return embedder
 
 
 def load_from_settings(settings) -> Embedder:
-    """load_embedder with the configured model, weights, device and precision."""
-    return load_embedder(settings.model, settings.pretrained, settings.device, settings.precision)
+    """load_embedder with the configured model, weights, device and precision, caching in the cache dir."""
+    return load_embedder(settings.model, settings.pretrained, settings.device, settings.precision,
+                         settings.effective_cache_dir)

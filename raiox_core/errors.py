@@ -61,5 +61,9 @@ class RemoteFileError(RaioxError):
     """A file named by URL (a web form's upload) was refused or could not be downloaded."""
 
 
+class Overloaded(RaioxError):
+    """More work is waiting than the server accepts; the caller should retry shortly."""
+
+
 class ExplainUnavailable(RaioxError):
     """The loaded image model has no patch tokens to build a similarity map from."""

@@ -47,6 +47,10 @@ class LabelOverride:
     manufacturer: str | None = None
     model: str | None = None
     diameter_mm: float | None = None
+    group_id: str | None = None  # the files show one physical implant (see grouping.py); not a label
+
+    def __post_init__(self):
+        self.group_id = as_text(self.group_id or "").strip()[:200] or None  # as typed; blank is none
 
     def resolve(self, filename: str) -> Labels:
         return resolve_labels(filename, self.manufacturer, self.model, self.diameter_mm)
@@ -225,6 +229,7 @@ class _Candidate:
     filename: str
     labels: Labels | None  # None for a duplicate, whose name need not give labels
     image: PreparedImage
+    group_id: str | None = None
 
 
 def check_image(source: Source, limits: ImageLimits) -> PreparedImage | str:
@@ -283,10 +288,11 @@ def plan(sources: list[Source], images: list[tuple[str | None, str | None]], kno
     return [planner.judge(source, sha, refusal, known) for source, (sha, refusal) in zip(sources, images)]
 
 
-def _store_one(candidate: _Candidate, vector, *, db: Database, storage: Storage, embedding_model: str, source: str) -> None:
-    """One image, all or nothing (references.add); a copy added meanwhile makes it a duplicate."""
+def _store_one(candidate: _Candidate, vectors: dict, *, db: Database, storage: Storage, source: str) -> None:
+    """One image with its vectors (embedding model -> vector), all or nothing (references.add); a copy added
+    meanwhile makes it a duplicate."""
     new = references.NewReference.of_image(candidate.image, candidate.labels, source_filename=candidate.filename,
-                                           source=source, vectors={embedding_model: vector})
+                                           source=source, vectors=vectors, group_id=candidate.group_id)
     try:
         candidate.report.id = references.add(db, storage, new)
     except DuplicateReference as dup:
@@ -336,25 +342,27 @@ def _read_batch(batch: list[Source], planner: Planner, firsts: dict[str, FileRep
             report = FileReport(name, "ingested", manufacturer=labels.manufacturer, model=labels.model,
                                 diameter_mm=labels.diameter_mm)
             firsts[image.sha256] = report
-            out.new.append(_Candidate(report, source.filename, labels, image))
+            out.new.append(_Candidate(report, source.filename, labels, image, source.labels.group_id))
         out.entries.append(report)
     if out.new:
         out.pixels = embedder.to_tensor([c.image.image for c in out.new])
     return out
 
 
-def _write_batch(batch: _Batch, vectors, *, db: Database, storage: Storage, embedding_model: str, source: str) -> str | None:
+def _write_batch(batch: _Batch, vectors: dict, *, db: Database, storage: Storage, source: str) -> str | None:
     """Store and insert the new images of one batch, each all or nothing; returns a failure that stops the run.
+    `vectors`: embedding model -> (n, dim), every model the embedder stores (see Embedder.stored_vectors).
 
     Runs in the writer thread, one batch at a time and in order.
     """
     failure: str | None = None
-    for candidate, vector in zip(batch.new, vectors):
+    for row, candidate in enumerate(batch.new):
+        vector = {model: v[row] for model, v in vectors.items()}
         if failure:
             candidate.report.status, candidate.report.reason = "rejected", failure
             continue
         try:
-            _store_one(candidate, vector, db=db, storage=storage, embedding_model=embedding_model, source=source)
+            _store_one(candidate, vector, db=db, storage=storage, source=source)
         except (StorageError, DatabaseUnavailable) as exc:
             candidate.report.status, candidate.report.reason = "rejected", str(exc)
             # The store or the database is down: stop rather than fail every remaining file slowly.
@@ -396,7 +404,7 @@ def ingest(
     done = 0
     failure: str | None = None
     read = partial(_read_batch, planner=Planner(), firsts={}, db=db, embedder=embedder, limits=limits)
-    write = partial(_write_batch, db=db, storage=storage, embedding_model=embedder.embedding_model, source=source)
+    write = partial(_write_batch, db=db, storage=storage, source=source)
     with ThreadPoolExecutor(1, thread_name_prefix="raiox-read") as reader, \
             ThreadPoolExecutor(1, thread_name_prefix="raiox-write") as writer:
         ahead = reader.submit(read, batches[0]) if batches else None
@@ -417,7 +425,7 @@ def ingest(
             ahead = reader.submit(read, batches[index + 1]) if index + 1 < len(batches) else None
             if progress:
                 progress(done, total, "embedding")
-            vectors = embedder.encode_tensor(batch.pixels, batch_size) if batch.new else []
+            vectors = embedder.stored_vectors(batch.pixels, batch_size) if batch.new else {}
             if writing and (failure := finish_write()):
                 break
             if progress:

@@ -8,6 +8,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+import numpy as np
+
 from .config import MAX_K  # noqa: F401  (re-exported: the doors validate k against it)
 from .db import Database, Filters
 from .embedder import Embedder
@@ -15,6 +17,7 @@ from .errors import ImageRejected, NotFound, RemoteFileError
 from .images import ImageLimits, PreparedImage, prepare_image
 from .naming import canonical_manufacturer
 from .references import Neighbour, Reference
+from .threshold import Threshold, ThresholdPolicy
 
 VOTE_POOL = 10  # the vote looks at this many neighbours even when fewer are shown, so k=1 is not 100% sure
 VOTE_TEMPERATURE = 0.05  # softmax temperature over cosine similarities, as CLIP's logit scale of 100 would be 0.01
@@ -48,6 +51,7 @@ class MatchResult:
     restricted_to: str | None = None  # the manufacturer the search was restricted to
     exact: Reference | None = None  # the stored reference whose normalised pixels are the query's (same SHA-256)
     threshold: float = 0.0  # the confidence needed for a confident answer
+    threshold_source: str = ""  # where that threshold came from (threshold.py)
     query: PreparedImage | None = field(default=None, repr=False)
     log_id: int | None = None
     # Seconds per stage (decode, embed, search, vote), for the API's metrics; not part of the JSON.
@@ -106,6 +110,7 @@ class MatchResult:
             "confidence": round(self.confidence, 4),
             "confidence_of": self.confidence_of,
             "threshold": self.threshold,
+            "threshold_source": self.threshold_source,
             "restricted_to": self.restricted_to,
             "exact_reference": None if self.exact is None else {
                 f: getattr(self.exact, f) for f in ("id", "manufacturer", "model", "diameter_mm", "source_filename")},
@@ -122,18 +127,26 @@ def percent(share: float) -> str:
     return f"{math.floor(share * 100 + 1e-9):d}%"
 
 
+def vote_weights(similarities: np.ndarray, temperature: float = VOTE_TEMPERATURE) -> np.ndarray:
+    """Each neighbour's share of the vote: a softmax of the cosine similarities over the last axis (one query's
+    neighbours, or a row per query in the leave-one-out evaluation, which must weigh them as /match does).
+    A similarity of -inf (no neighbour there) weighs nothing."""
+    best = np.max(similarities, axis=-1, keepdims=True)
+    weights = np.exp((similarities - np.where(np.isfinite(best), best, 0.0)) / temperature)
+    total = weights.sum(axis=-1, keepdims=True)
+    return weights / np.where(total > 0, total, 1.0)
+
+
 def vote(neighbours: list[Neighbour], temperature: float = VOTE_TEMPERATURE) -> tuple[list[Share], list[Share]]:
     """Softmax-weighted shares per manufacturer and per manufacturer+model, largest first."""
     if not neighbours:
         return [], []
-    best = max(n.similarity for n in neighbours)
-    weights = [math.exp((n.similarity - best) / temperature) for n in neighbours]
-    total = sum(weights)
+    weights = vote_weights(np.array([n.similarity for n in neighbours], dtype=np.float64), temperature)
 
     def shares(key) -> list[Share]:
         acc: dict[str, float] = defaultdict(float)
         for n, w in zip(neighbours, weights):
-            acc[key(n)] += w / total
+            acc[key(n)] += float(w)
         return sorted((Share(label, p) for label, p in acc.items()), key=lambda s: (-s.probability, s.label))
 
     return shares(lambda n: n.manufacturer), shares(lambda n: n.label)
@@ -178,7 +191,7 @@ def match_image(
     *,
     db: Database,
     embedder: Embedder,
-    threshold: float,
+    threshold: float | Threshold | ThresholdPolicy,
     k: int = 3,
     filters: Filters = Filters(),
     file: str = "",
@@ -189,6 +202,10 @@ def match_image(
     A query whose pixels are those of a stored reference is answered as that reference, whatever the
     filter: the identification then rests on the reference's label, not on the vote.
     """
+    if isinstance(threshold, ThresholdPolicy):
+        threshold = threshold.for_model(embedder.embedding_model)
+    elif not isinstance(threshold, Threshold):
+        threshold = Threshold.given(threshold)
     clock = _Stages()
     vector = embedder.encode_one(image.image)
     clock.lap("embed")
@@ -197,7 +214,7 @@ def match_image(
     clock.lap("search")
     manufacturers, models = vote(neighbours[:VOTE_POOL])  # the same vote whatever k
     basis, confidence = confidence_for(db.label_variety(embedder.embedding_model, filters), manufacturers, models)
-    confident = basis is not None and bool(neighbours) and confidence >= threshold
+    confident = basis is not None and bool(neighbours) and confidence >= threshold.value
     exact = _exact_reference(db, image.sha256)
     if exact is not None:
         basis, confidence, confident = "exact image", 1.0, True
@@ -205,7 +222,8 @@ def match_image(
     result = MatchResult(
         file=file, embedding_model=embedder.embedding_model, trained=embedder.trained, matches=neighbours[:k],
         manufacturer_vote=manufacturers, model_vote=models, confidence=confidence, confident=confident,
-        confidence_of=basis, restricted_to=filters.manufacturer or None, exact=exact, threshold=threshold, query=image,
+        confidence_of=basis, restricted_to=filters.manufacturer or None, exact=exact, threshold=threshold.value,
+        threshold_source=threshold.source, query=image,
         timings=clock.seconds,
     )
     if log:

@@ -49,6 +49,7 @@ class Reference:
     height: int
     source: str
     created_at: datetime | None = None
+    group_id: str | None = None
 
     @property
     def label(self) -> str:
@@ -62,7 +63,8 @@ class Reference:
         """The shape of `raiox list --json`."""
         return {"id": self.id, "manufacturer": self.manufacturer, "model": self.model,
                 "diameter_mm": self.diameter_mm, "source_filename": self.source_filename, "sha256": self.sha256,
-                "source": self.source, "created_at": self.created_at.isoformat() if self.created_at else None}
+                "source": self.source, "created_at": self.created_at.isoformat() if self.created_at else None,
+                "group_id": self.group_id}
 
 
 @dataclass(frozen=True)
@@ -105,12 +107,13 @@ class NewReference:
     source_filename: str
     source: str
     vectors: dict[str, np.ndarray] = field(repr=False)
+    group_id: str | None = None  # one physical implant's X-rays share it (see grouping.py)
 
     @classmethod
     def of_image(cls, image: PreparedImage, labels: Labels, *, source_filename: str, source: str,
-                 vectors: dict[str, np.ndarray]) -> NewReference:
+                 vectors: dict[str, np.ndarray], group_id: str | None = None) -> NewReference:
         return cls(labels, image.sha256, image.width, image.height, image.png, source_filename, source,
-                   {model: np.asarray(v, dtype=np.float32) for model, v in vectors.items()})
+                   {model: np.asarray(v, dtype=np.float32) for model, v in vectors.items()}, group_id)
 
     @property
     def object_key(self) -> str:
@@ -120,7 +123,7 @@ class NewReference:
         return {"manufacturer": self.labels.manufacturer, "model": self.labels.model,
                 "diameter_mm": self.labels.diameter_mm, "source_filename": self.source_filename,
                 "sha256": self.sha256, "object_key": self.object_key, "width": self.width,
-                "height": self.height, "source": self.source}
+                "height": self.height, "source": self.source, "group_id": self.group_id}
 
 
 # -- reading --------------------------------------------------------------------------------------
@@ -317,8 +320,9 @@ def reembed(db: Database, storage: Storage, embedder: Embedder, batch_size: int 
     for start in range(0, len(missing), batch_size):
         chunk = missing[start : start + batch_size]
         images = [Image.open(io.BytesIO(storage.get(row["object_key"]))) for row in chunk]
-        vectors = embedder.encode(images, batch_size=batch_size)
-        db.add_embeddings(embedder.embedding_model, {row["id"]: v for row, v in zip(chunk, vectors)})
+        # Every vector the embedder stores: an adapted embedder's base vectors too (see Embedder.stored_vectors).
+        for embedding_model, vectors in embedder.stored_vectors(embedder.to_tensor(images), batch_size).items():
+            db.add_embeddings(embedding_model, {row["id"]: v for row, v in zip(chunk, vectors)})
         if progress:
             progress(start + len(chunk), len(missing))
     return len(missing)

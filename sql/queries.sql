@@ -5,10 +5,10 @@ SELECT sha256, id FROM reference_implants WHERE sha256 = ANY(%(shas)s);
 
 -- name: insert-reference
 INSERT INTO reference_implants
-    (manufacturer, model, diameter_mm, source_filename, sha256, object_key, width, height, source)
+    (manufacturer, model, diameter_mm, source_filename, sha256, object_key, width, height, source, group_id)
 VALUES
     (%(manufacturer)s, %(model)s, %(diameter_mm)s, %(source_filename)s, %(sha256)s, %(object_key)s,
-     %(width)s, %(height)s, %(source)s)
+     %(width)s, %(height)s, %(source)s, %(group_id)s)
 RETURNING id;
 
 -- name: upsert-embedding
@@ -21,16 +21,17 @@ ON CONFLICT (reference_id, embedding_model) DO UPDATE SET dim = EXCLUDED.dim, em
 
 -- name: create-incoming-references
 CREATE TEMP TABLE incoming_references (manufacturer text, model text, diameter_mm float8, source_filename text,
-    sha256 text, object_key text, width integer, height integer, source text) ON COMMIT DROP;
+    sha256 text, object_key text, width integer, height integer, source text, group_id text) ON COMMIT DROP;
 
 -- name: copy-incoming-references
-COPY incoming_references (manufacturer, model, diameter_mm, source_filename, sha256, object_key, width, height, source)
+COPY incoming_references (manufacturer, model, diameter_mm, source_filename, sha256, object_key, width, height, source,
+    group_id)
 FROM STDIN WITH (FORMAT BINARY);
 
 -- name: insert-incoming-references
 INSERT INTO reference_implants
-    (manufacturer, model, diameter_mm, source_filename, sha256, object_key, width, height, source)
-SELECT manufacturer, model, diameter_mm, source_filename, sha256, object_key, width, height, source
+    (manufacturer, model, diameter_mm, source_filename, sha256, object_key, width, height, source, group_id)
+SELECT manufacturer, model, diameter_mm, source_filename, sha256, object_key, width, height, source, group_id
 FROM incoming_references
 ON CONFLICT (sha256) DO NOTHING
 RETURNING sha256, id;
@@ -48,7 +49,8 @@ FROM incoming_vectors v JOIN reference_implants r ON r.id = v.reference_id
 ON CONFLICT (reference_id, embedding_model) DO UPDATE SET dim = EXCLUDED.dim, embedding = EXCLUDED.embedding;
 
 -- name: get-reference
-SELECT id, manufacturer, model, diameter_mm, source_filename, sha256, object_key, width, height, source, created_at
+SELECT id, manufacturer, model, diameter_mm, source_filename, sha256, object_key, width, height, source, created_at,
+       group_id
 FROM reference_implants WHERE id = %(id)s;
 
 -- name: reference-filters
@@ -63,7 +65,7 @@ AND (%(text)s::text IS NULL OR r.manufacturer || ' ' || r.model || ' ' || r.sour
 
 -- name: list-references
 SELECT r.id, r.manufacturer, r.model, r.diameter_mm, r.source_filename, r.sha256, r.object_key, r.width, r.height,
-       r.source, r.created_at
+       r.source, r.created_at, r.group_id
 FROM reference_implants r
 WHERE /* reference-filters */
 ORDER BY r.manufacturer, r.model, r.diameter_mm, r.id
@@ -121,7 +123,8 @@ ORDER BY r.id;
 
 -- name: embeddings-for-model
 -- Fetched in binary (db.embeddings), where numeric has no float loader: the diameter comes as float8.
-SELECT r.id, r.manufacturer, r.model, r.diameter_mm::float8 AS diameter_mm, r.source_filename, r.object_key, r.source, e.embedding
+SELECT r.id, r.manufacturer, r.model, r.diameter_mm::float8 AS diameter_mm, r.source_filename, r.object_key, r.source,
+       r.group_id, e.embedding
 FROM embeddings e JOIN reference_implants r ON r.id = e.reference_id
 WHERE e.embedding_model = %(embedding_model)s ORDER BY r.id;
 
@@ -222,3 +225,57 @@ FROM form_submissions WHERE submission_id = %(submission_id)s;
 SELECT submission_id, source, form_id, status, results, error, received_at, finished_at, delivered_at, delivery_error,
        status = 'pending' AND received_at < now() - make_interval(secs => %(stale_s)s) AS stale
 FROM form_submissions ORDER BY received_at DESC LIMIT %(limit)s;
+
+-- name: insert-calibration
+INSERT INTO calibrations (embedding_model, n_references, report) VALUES (%(embedding_model)s, %(n_references)s, %(report)s)
+RETURNING id, computed_at;
+
+-- name: latest-calibration
+SELECT embedding_model, computed_at, n_references, report FROM calibrations
+WHERE embedding_model = %(embedding_model)s ORDER BY computed_at DESC, id DESC LIMIT 1;
+
+-- name: sample-vectors
+-- Stored vectors of one model drawn at random, for the recall probe (binary: float32 arrays).
+SELECT reference_id, embedding FROM embeddings WHERE embedding_model = %(embedding_model)s ORDER BY random() LIMIT %(n)s;
+
+-- name: vector-count
+SELECT count(*) AS n FROM embeddings WHERE embedding_model = %(embedding_model)s;
+
+-- name: save-search-tuning
+INSERT INTO search_tuning (embedding_model, ef_search, exact, recall, target, samples, vectors, ladder)
+VALUES (%(embedding_model)s, %(ef_search)s, %(exact)s, %(recall)s, %(target)s, %(samples)s, %(vectors)s, %(ladder)s)
+ON CONFLICT (embedding_model) DO UPDATE SET ef_search = EXCLUDED.ef_search, exact = EXCLUDED.exact,
+    recall = EXCLUDED.recall, target = EXCLUDED.target, samples = EXCLUDED.samples, vectors = EXCLUDED.vectors,
+    ladder = EXCLUDED.ladder, measured_at = now();
+
+-- name: search-tuning
+SELECT embedding_model, ef_search, exact, recall, target, samples, vectors, ladder, measured_at
+FROM search_tuning WHERE embedding_model = %(embedding_model)s;
+
+-- name: insert-adapter
+INSERT INTO adapters (base_model, embedding_model, residual, n_references, report, adopted)
+VALUES (%(base_model)s, %(embedding_model)s, %(residual)s, %(n_references)s, %(report)s, %(adopted)s)
+RETURNING id, created_at;
+
+-- name: deactivate-adapters
+UPDATE adapters SET active = false WHERE base_model = %(base_model)s AND active RETURNING embedding_model;
+
+-- name: activate-adapter
+UPDATE adapters SET active = true WHERE id = %(id)s AND adopted;
+
+-- name: active-adapter
+SELECT id, embedding_model, created_at FROM adapters WHERE base_model = %(base_model)s AND active;
+
+-- name: adapter-residual
+SELECT residual FROM adapters WHERE embedding_model = %(embedding_model)s AND adopted ORDER BY id DESC LIMIT 1;
+
+-- name: adapter-runs
+SELECT id, base_model, embedding_model, n_references, report, adopted, active, created_at FROM adapters
+WHERE base_model = %(base_model)s ORDER BY created_at DESC, id DESC LIMIT %(limit)s;
+
+-- name: vectors-to-adapt
+-- The base vectors of references that have no vector of the adapter yet (ingested by a door without it).
+SELECT e.reference_id AS id, e.embedding FROM embeddings e
+WHERE e.embedding_model = %(base_model)s AND NOT EXISTS (
+    SELECT 1 FROM embeddings a WHERE a.reference_id = e.reference_id AND a.embedding_model = %(embedding_model)s)
+ORDER BY e.reference_id;

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -11,6 +13,11 @@ import pytest
 # Tests never reach a model hub: untrained, seeded weights unless a test says otherwise.
 os.environ["RAIOX_PRETRAINED"] = "none"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One cache of what model loads remember (the int8 check's verdict) for the whole run, its subprocesses
+# included (tests/envs.py passes it on): each test keeps its own data dir, without paying the ~5 s check.
+if not os.environ.get("RAIOX_CACHE_DIR"):
+    os.environ["RAIOX_CACHE_DIR"] = tempfile.mkdtemp(prefix="raiox-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["RAIOX_CACHE_DIR"], ignore_errors=True)
 
 from raiox_core.config import Settings  # noqa: E402
 from raiox_core import process  # noqa: E402
@@ -94,8 +101,9 @@ def _database(pg_url):
 def db(_database):
     """The session's database, emptied before each test."""
     with _database.connection() as conn:
-        conn.execute("TRUNCATE reference_implants, embeddings, match_log, staff_sign_in_failures, form_submissions"
-                     " RESTART IDENTITY CASCADE")
+        conn.execute("TRUNCATE reference_implants, embeddings, match_log, staff_sign_in_failures, form_submissions,"
+                     " calibrations, search_tuning, adapters RESTART IDENTITY CASCADE")
+    _database.forget_tuning()
     return _database
 
 

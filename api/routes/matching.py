@@ -50,7 +50,7 @@ def _k(form: Form) -> int:
 async def match(request: Request, _=Depends(require(MATCH))) -> list[dict]:
     """Nearest references, vote and confidence for each image; 200 when at least one image was read."""
     resources = request.app.state.resources
-    _ = resources.embedder  # 503 before the body is read, while the model loads
+    _ = resources.match_encoder  # 503 before the body is read, while the model loads
     form = await read_form(request, resources.limits.max_bytes)
     images = files_named(form, "image", {"k", "manufacturer"})
     k = _k(form)
@@ -59,7 +59,10 @@ async def match(request: Request, _=Depends(require(MATCH))) -> list[dict]:
         filters = Filters(manufacturer=resolve_manufacturer(resources.db, form.fields.get("manufacturer")))
         return resources.matcher(k, filters)([(u.filename, lambda u=u: bytes(u.data)) for u in images])
 
-    answers = await run_in_threadpool(run)
+    # Bounded after the body is read (each body is bounded by the upload limits): the requests waiting here hold
+    # theirs in memory, so beyond RAIOX_MATCH_QUEUE of them a client hears 503 rather than joining the wait.
+    with resources.match_admission.enter():
+        answers = await run_in_threadpool(run)
     for answer in answers:
         if not isinstance(answer, Refusal):
             request.app.state.metrics.observe_match(answer)

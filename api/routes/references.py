@@ -101,6 +101,7 @@ _INGEST_BODY = {"requestBody": {"required": True, "content": {"multipart/form-da
         "file": {"type": "array", "items": {"type": "string", "format": "binary"}, "maxItems": MAX_FILES,
                  "description": "Images named MANUFACTURER_MODEL_DIAMETER_NN.ext, or zip archives of them."},
         "manufacturer": {"type": "string"}, "model": {"type": "string"},
+        "group": {"type": "string", "description": "The files show one physical implant: held out together in evaluation."},
         "diameter_mm": {"type": "number", "minimum": MIN_DIAMETER_MM, "maximum": MAX_DIAMETER_MM},
     }}}}}}
 
@@ -122,9 +123,9 @@ async def add_references(request: Request, _=Depends(require(STAFF))) -> dict:
     resources = _resources(request)
     embedder = resources.embedder
     form = await read_form(request, resources.limits.max_bytes)
-    uploads = files_named(form, "file", {"manufacturer", "model", "diameter_mm"})
+    uploads = files_named(form, "file", {"manufacturer", "model", "diameter_mm", "group"})
     labels = LabelOverride(form.fields.get("manufacturer") or None, form.fields.get("model") or None,
-                           _diameter(form.fields.get("diameter_mm")))
+                           _diameter(form.fields.get("diameter_mm")), group_id=form.fields.get("group"))
     report = await run_in_threadpool(lambda: ingest_uploads(
         [(u.filename, bytes(u.data)) for u in uploads], labels, db=resources.db, storage=resources.storage,
         embedder=embedder, limits=resources.limits))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import httpx
 import pytest
 
 from tests.api.file_host import FileHost
+from tests.envs import subprocess_env
 from tests.ports import free_port
 
 JOTFORM_API_KEY = "test-jotform-api-key"
@@ -20,7 +20,7 @@ MAX_UPLOAD_MB = 1  # so that a file over the limit is cheap to send
 
 
 def api_env(data_dir, database_url: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAIOX_")}
+    env = subprocess_env()
     env.update(RAIOX_DATABASE_URL=database_url, RAIOX_DATA_DIR=str(data_dir), RAIOX_PRETRAINED="none",
                RAIOX_DEVICE="cpu", HF_HUB_OFFLINE="1", RAIOX_API_RATE_PER_MIN=str(RATE_PER_MIN),
                RAIOX_MAX_UPLOAD_MB=str(MAX_UPLOAD_MB), **extra)
@@ -70,7 +70,7 @@ def _clear(pg_url: str) -> None:
 
     migrate(pg_url)
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE reference_implants, embeddings, match_log, api_keys, form_submissions RESTART IDENTITY CASCADE")
+        conn.execute("TRUNCATE reference_implants, embeddings, match_log, api_keys, form_submissions, calibrations, adapters RESTART IDENTITY CASCADE")
 
 
 @pytest.fixture(scope="session")

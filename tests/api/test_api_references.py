@@ -53,7 +53,8 @@ def test_listing_with_filters_and_paging(api, seeded, make_key):
     assert listed.headers["X-Total-Count"] == "4"
     (one,) = listed.json()
     assert one["manufacturer"] == "Nobel Biocare" and 4 <= one["diameter_mm"] <= 5
-    assert set(one) == {"id", "manufacturer", "model", "diameter_mm", "source_filename", "sha256", "source", "created_at"}
+    assert set(one) == {"id", "manufacturer", "model", "diameter_mm", "source_filename", "sha256", "source", "created_at",
+                        "group_id"}
     found = api.client.get("/v1/references", params={"q": "ACTIVE_5.0", "model": "ACTIVE"}, headers=key).json()
     assert [r["source_filename"] for r in found] == ["NOBEL_ACTIVE_5.0mm_01.png"]
 

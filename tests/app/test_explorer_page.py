@@ -220,3 +220,19 @@ def test_hostile_labels_stay_text_and_diameters_show_as_stored(app_env, db):
     assert shown == ["[q](https://evil.example).png", f"#{report.ingested[0].id} · {evil} 0 M · 4.1 mm · <i>0<i>.png"]
     neighbours = [f.value for f in at.dataframe if "similarity" in f.value.columns][0]
     assert set(neighbours["mm"]) <= {"3.75", "4.1"}
+
+
+def test_the_calibration_curve_once_evaluated(seeded):
+    from raiox_dashboard import resources
+    from raiox_core import calibration
+
+    at = explorer("PCA")
+    assert any("No calibration for this model yet" in i.value for i in at.info)
+    model = resources.get_embedder().embedding_model
+    data = calibration.LabelledVectors.load(resources.get_db(), model)
+    calibration.save(resources.get_db(), model, calibration.evaluate_references(data))
+    at.run()
+    assert not at.exception
+    curve = json.loads(at.get("plotly_chart")[-1].proto.spec)
+    assert [t["name"] for t in curve["data"]] == ["answered confidently (coverage)", "right among those (precision)"]
+    assert "Threshold in force: 60%, the default, as RAIOX\\_TARGET\\_PRECISION is not set." in captions(at)

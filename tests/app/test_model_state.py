@@ -99,9 +99,9 @@ def id_computations(monkeypatch):
     calls = {"embedding_model_for": [], "file_digest": []}
     real_id, real_digest = embedder.embedding_model_for, embedder._file_digest
 
-    def embedding_model_for(model, pretrained):
+    def embedding_model_for(model, pretrained, digest=None):
         calls["embedding_model_for"].append(pretrained)
-        return real_id(model, pretrained)
+        return real_id(model, pretrained, digest)
 
     def file_digest(path):
         calls["file_digest"].append(path)

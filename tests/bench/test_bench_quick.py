@@ -29,6 +29,11 @@ REQUIRED = [
     ("explorer", "cold_s"), ("explorer", "warm_s"), ("explorer", "warm_render_s"),
     ("memory", "peak_mb"), ("memory", "text_tower_mb"),
     ("references", "large", "hnsw_build_s"), ("references", "uniform", "hnsw_build_s"),
+    ("cli", "cold", "median_s"), ("cli", "warm", "median_s"), ("cli", "no_model", "median_s"),
+    ("api", "one_at_a_time", "16", "matches_per_s"), ("api", "batching", "16", "matches_per_s"),
+    ("api", "batching", "16", "p95_ms"), ("api", "batching", "16", "mean_batch"), ("api", "speedup_16_clients"),
+    ("api", "speedup_vs_one_client_serial"),
+    ("train", "200", "total_s"), ("train", "200", "final_fit_s"),
     ("explain", "map_vs_match"), ("explain", "map", "p50_ms"), ("explain", "match", "p50_ms"),
     ("explain", "occlusion_s"), ("explain", "occlusion_fp32_s"),
 ]

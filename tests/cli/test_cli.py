@@ -1,7 +1,6 @@
 """The `raiox` command run as a real subprocess, as a user would."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from raiox_core.synthetic import demo_files
+from tests.envs import subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +23,7 @@ def files():
 
 @pytest.fixture
 def run(tmp_path, pg_url, db):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAIOX_")}
+    env = subprocess_env()
     env.update(RAIOX_DATABASE_URL=pg_url, RAIOX_DATA_DIR=str(tmp_path / "data"), RAIOX_PRETRAINED="none",
                RAIOX_DEVICE="cpu", HF_HUB_OFFLINE="1")
 
@@ -144,7 +144,7 @@ def test_unreachable_database_is_one_line_without_password(run):
 
 def test_demo_seeds_the_embedded_database_even_without_weights(tmp_path):
     """As a new user on a machine without the default weights: it falls back to untrained ones, loudly."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAIOX_")}
+    env = subprocess_env()
     env.update(RAIOX_DATA_DIR=str(tmp_path / "fresh"), HF_HUB_OFFLINE="1")
     cmd = [sys.executable, "-m", "raiox_core.cli"]
     proc = subprocess.run(cmd + ["demo", "--no-app"], capture_output=True, text=True, env=env, timeout=600)
@@ -191,7 +191,7 @@ sys.exit(cli.main(sys.argv[1:]))
 
 def test_a_database_outage_is_one_line_on_stderr():
     data_dir = Path(tempfile.mkdtemp(prefix="raiox-test-outage-"))  # not tmp_path: postgres runs as another user
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAIOX_")}
+    env = subprocess_env()
     env.update(RAIOX_DATA_DIR=str(data_dir), RAIOX_DB_TIMEOUT_S="2")
     try:
         proc = subprocess.run([sys.executable, "-c", LOSE_DB_AFTER_OPEN, "stats"], capture_output=True, text=True,

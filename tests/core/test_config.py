@@ -31,3 +31,13 @@ def test_bad_values_give_one_sentence(env):
     with pytest.raises(ConfigError) as info:
         Settings.from_env(env)
     assert str(info.value).endswith(".") and list(env)[0] in str(info.value)
+
+
+def test_the_match_queue_settings():
+    assert (Settings().match_batching, Settings().match_batch_window_ms, Settings().match_queue) == (True, 5.0, 64)
+    s = Settings.from_env({"RAIOX_MATCH_BATCHING": "off", "RAIOX_MATCH_BATCH_WINDOW_MS": "2.5",
+                           "RAIOX_MATCH_BATCH_MAX": "8", "RAIOX_MATCH_QUEUE": "3"})
+    assert (s.match_batching, s.match_batch_window_ms, s.match_batch_max, s.match_queue) == (False, 2.5, 8, 3)
+    for env in ({"RAIOX_MATCH_BATCHING": "maybe"}, {"RAIOX_MATCH_QUEUE": "0"}):
+        with pytest.raises(ConfigError, match=list(env)[0]):
+            Settings.from_env(env)

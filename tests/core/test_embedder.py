@@ -136,3 +136,19 @@ def test_a_model_without_a_transformer_tower_loads_and_encodes_in_fp32():
 
     vector = resnet.encode_one(prepare_image(demo_files(per_diameter=1)[0][1], limits=ImageLimits()).image)
     assert vector.shape == (resnet.dim,) and abs(float(vector @ vector) - 1) < 1e-5
+
+
+@pytest.mark.parametrize("model", ["ViT-B-32", "RN50"])
+def test_an_untrained_model_built_with_a_tiny_text_tower_has_the_same_image_tower(model):
+    """The untrained image tower is what open_clip's full model, seeded the same, would hold: same vectors."""
+    import open_clip
+
+    from raiox_core.embedder import UNTRAINED_SEED
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(UNTRAINED_SEED)
+        full = open_clip.create_model(model, pretrained=None, device="cpu")
+    loaded = load_embedder(model, "none", "cpu", precision="fp32")
+    expected, got = full.visual.state_dict(), loaded.model.visual.state_dict()
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+    assert loaded.model.transformer is None  # the (tiny) text tower was dropped as the full one is

@@ -15,6 +15,7 @@ from typing import Iterator
 import pytest
 
 from raiox_core.synthetic import demo_files
+from tests.envs import subprocess_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 PAGES = ["match", "references", "explorer", "ingest"]
@@ -40,7 +41,7 @@ def app_home(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def app_url(app_home, port_factory):
     data = app_home
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAIOX_")}
+    env = subprocess_env()
     env.update(RAIOX_DATA_DIR=str(data / "data"), RAIOX_PRETRAINED="none", RAIOX_DEVICE="cpu", HF_HUB_OFFLINE="1",
                RAIOX_STAFF_PASSWORD="e2e staff password")
     cli = [sys.executable, "-m", "raiox_core.cli"]
@@ -111,7 +112,8 @@ def test_every_page_renders_without_exception(browser, app_url, name):
     page.close()
 
 
-def test_upload_on_match_shows_result_cards(browser, app_url, tmp_path):
+def matched_page(browser, app_url, tmp_path):
+    """/match after uploading a copy of a seeded reference, once its result cards are drawn."""
     name, data = demo_files(per_diameter=1)[3]
     xray = tmp_path / "query.png"
     xray.write_bytes(data)
@@ -122,6 +124,11 @@ def test_upload_on_match_shows_result_cards(browser, app_url, tmp_path):
     # The exact copy of a reference comes back as the first result card.
     page.get_by_text("1. Nobel Biocare ACTIVE").first.wait_for(timeout=180_000)
     wait_idle(page)
+    return page
+
+
+def test_upload_on_match_shows_result_cards(browser, app_url, tmp_path):
+    page = matched_page(browser, app_url, tmp_path)
     assert page.locator("[data-testid='stException']").count() == 0
     assert "%" in page.inner_text("body")
     page.screenshot(path=str(tmp_path / "match.png"), full_page=True)
@@ -187,15 +194,7 @@ def test_staff_see_the_form_submissions_on_match(browser, app_url, app_home):
 
 
 def test_similarity_map_toggle_and_occlusion_check_on_match(browser, app_url, tmp_path):
-    name, data = demo_files(per_diameter=1)[3]
-    xray = tmp_path / "query.png"
-    xray.write_bytes(data)
-    page = browser.new_page()
-    page.goto(f"{app_url}/match")
-    wait_idle(page)
-    page.locator("input[type='file']").first.set_input_files(str(xray))
-    page.get_by_text("1. Nobel Biocare ACTIVE").first.wait_for(timeout=180_000)
-    wait_idle(page)
+    page = matched_page(browser, app_url, tmp_path)
     page.get_by_text("Similarity map: regions that look alike").click()
     page.get_by_text("Query: regions that look alike").first.wait_for(timeout=180_000)
     # The legend comes after the overlays in the same run: waited for, not read while the script still runs.

@@ -8,7 +8,6 @@ and the hostile strings are there as visible text.
 
 from __future__ import annotations
 
-import os
 from urllib.parse import urlsplit
 
 import pytest
@@ -18,6 +17,7 @@ from raiox_dashboard.widgets import WORD_JOINER
 from raiox_core.images import ImageLimits
 from raiox_core.synthetic import demo_files
 from tests.e2e.test_browser import browser, serve_dashboard, wait_idle  # noqa: F401  (browser: one Chromium)
+from tests.envs import subprocess_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 STAFF_PASSWORD = "hostile e2e staff password"
@@ -52,7 +52,7 @@ def hostile_app(tmp_path_factory, port_factory, pg_url, _database, embedder):
     sources = [Source.from_bytes(f, d, LabelOverride(m, mo, 3.75)) for (m, mo, f), d in zip([*CORPUS, PLAIN], images)]
     report = ingest(sources, db=_database, storage=open_storage(settings), embedder=embedder, limits=ImageLimits())
     assert len(report.ingested) == len(sources), report.to_json()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAIOX_")}
+    env = subprocess_env()
     env.update(RAIOX_DATA_DIR=str(data / "data"), RAIOX_DATABASE_URL=pg_url, RAIOX_PRETRAINED="none",
                RAIOX_DEVICE="cpu", HF_HUB_OFFLINE="1", RAIOX_STAFF_PASSWORD=STAFF_PASSWORD)
     with serve_dashboard(env, data / "app.log", port_factory()) as url:

@@ -6,12 +6,12 @@ One address only: Chromium reaches 127.0.0.2 from 127.0.0.1 too, so loopback can
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
 from tests.e2e.test_browser import browser, serve_dashboard, wait_idle  # noqa: F401  (browser: a fixture)
 from tests.sign_in_tools import age_failures, failures_by_client
+from tests.envs import subprocess_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 STAFF_PASSWORD = "lockout e2e staff password"
@@ -23,7 +23,7 @@ def app_port(tmp_path_factory, port_factory, pg_url, _database):
     with _database.connection() as conn:
         conn.execute("TRUNCATE staff_sign_in_failures")
     data = tmp_path_factory.mktemp("lockout")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAIOX_")}
+    env = subprocess_env()
     env.update(RAIOX_DATA_DIR=str(data / "data"), RAIOX_DATABASE_URL=pg_url, RAIOX_PRETRAINED="none",
                RAIOX_DEVICE="cpu", HF_HUB_OFFLINE="1", RAIOX_STAFF_PASSWORD=STAFF_PASSWORD)
     port = port_factory()

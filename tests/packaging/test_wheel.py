@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.envs import subprocess_env
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -44,7 +46,7 @@ def from_wheel(wheel, tmp_path_factory):
     site = tmp_path_factory.mktemp("site")
     zipfile.ZipFile(wheel).extractall(site)
     elsewhere = tmp_path_factory.mktemp("elsewhere")  # not the checkout: nothing found relative to it
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAIOX_")}
+    env = subprocess_env()
     env.update(PYTHONPATH=str(site), RAIOX_DATA_DIR=str(elsewhere / "data"), RAIOX_PRETRAINED="none")
 
     def run(*args):

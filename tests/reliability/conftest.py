@@ -27,6 +27,7 @@ from raiox_core.images import _pixel_hash
 from raiox_core.ingest import LabelOverride, Source, sources_from_upload
 from raiox_core.storage import REFERENCE_PREFIX, LocalStorage, reference_key
 from tests.ports import free_port
+from tests.envs import subprocess_env
 
 MODEL_ID = "ViT-B-32/untrained"
 # What a patient's X-ray may carry: none of it may reach the database, storage, logs or output.
@@ -265,7 +266,7 @@ def all_text_in_database(db) -> str:
 @pytest.fixture
 def cli_env(tmp_path, pg_url, db) -> dict:
     """Environment of a `raiox` subprocess on the test database and a local store under tmp_path/data."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAIOX_")}
+    env = subprocess_env()
     env.update(RAIOX_DATABASE_URL=pg_url, RAIOX_DATA_DIR=str(tmp_path / "data"), RAIOX_PRETRAINED="none",
                RAIOX_DEVICE="cpu", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     return env

@@ -1,0 +1,97 @@
+"""The recall probe: how many of the true nearest references the HNSW index finds, measured on the stored
+vectors themselves, and the smallest ef_search that reaches the target (RAIOX_TARGET_RECALL).
+
+A missed true neighbour is a wrong identification, and how many the index misses at a given ef_search
+depends on the data (clustered radiograph embeddings in a narrow cone are much harder than random ones),
+so it is measured per index instead of assumed. Queries are sampled stored vectors moved a little off
+themselves (cosine ~0.95 to the original, as a new X-ray of a known implant would be: a stored vector is
+a node of the graph, and searching for a node flatters recall), searched exactly (a full scan) and through
+the index at each ef_search of LADDER.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+from psycopg.types.json import Jsonb
+
+from .db import EXACT_SEARCH_MAX_ROWS, Database
+
+LADDER = (40, 60, 80, 100, 150, 200, 300, 400, 600, 800, 1000)
+SAMPLES, K = 100, 10
+OFFSET = 0.33  # length of the random unit step added to a stored unit vector: cosine ~0.95 to it
+STALE_CHANGE = 0.2  # re-measure once the model's vector count has changed by more than this share
+
+
+@dataclass(frozen=True)
+class Tuning:
+    embedding_model: str
+    ef_search: int | None  # None with exact
+    exact: bool
+    recall: float
+    target: float
+    samples: int
+    vectors: int
+    ladder: list[dict]
+    measured_at: datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: dict) -> Tuning:
+        return cls(**{f: row[f] for f in cls.__dataclass_fields__})
+
+    def describe(self) -> str:
+        how = "exact scans" if self.exact else f"ef_search {self.ef_search}"
+        small = " (a set this small is scanned exactly)" if self.exact and self.vectors <= EXACT_SEARCH_MAX_ROWS else ""
+        when = f", measured {self.measured_at:%Y-%m-%d}" if self.measured_at else ""
+        return (f"{how}{small}: recall@{K} {self.recall:.3f} (target {self.target:g}) on {self.samples} sampled "
+                f"of {self.vectors:,} vectors{when}")
+
+    def stale(self, vectors: int, target: float) -> bool:
+        return self.target != target or abs(vectors - self.vectors) > STALE_CHANGE * max(self.vectors, 1)
+
+
+def _ids(rows: list[dict]) -> set[int]:
+    return {r["id"] for r in rows}
+
+
+def _queries(stored: list[tuple[int, np.ndarray]], seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _, v in stored:
+        step = rng.standard_normal(len(v))
+        q = v / np.linalg.norm(v) + OFFSET * step / np.linalg.norm(step)
+        out.append((q / np.linalg.norm(q)).astype(np.float32))
+    return out
+
+
+def probe(db: Database, embedding_model: str, target: float, *, samples: int = SAMPLES,
+          exact_below: int = EXACT_SEARCH_MAX_ROWS) -> Tuning:
+    """Measure recall@10 per ef_search and record the smallest that reaches `target` (or exact scans, when
+    none does or the set has at most `exact_below` vectors: a scan of that few is as fast as the index)."""
+    (count,) = db.query("vector-count", {"embedding_model": embedding_model})
+    vectors = int(count["n"])
+    ladder: list[dict] = []
+    chosen, recall, exact = None, 1.0, True
+    queries = _queries(db.sample_vectors(embedding_model, samples)) if vectors > exact_below else []
+    if queries:
+        truth = [_ids(db.search(q, embedding_model, k=K, exact=True)) for q in queries]
+        for ef in LADDER:
+            found = sum(len(t & _ids(db.search(q, embedding_model, k=K, ef_search=ef))) for q, t in zip(queries, truth))
+            measured = found / max(sum(len(t) for t in truth), 1)
+            ladder.append({"ef_search": ef, "recall": round(measured, 4)})
+            if measured >= target:
+                chosen, recall, exact = ef, measured, False
+                break
+        else:
+            recall = 1.0  # exact scans from now on
+    tuning = Tuning(embedding_model, chosen, exact, round(recall, 4), target, len(queries), vectors, ladder)
+    db.query("save-search-tuning", {**tuning.__dict__, "ladder": Jsonb(ladder)}, rows=False)
+    db.forget_tuning()
+    return tuning
+
+
+def recorded(db: Database, embedding_model: str) -> Tuning | None:
+    rows = db.query("search-tuning", {"embedding_model": embedding_model})
+    return Tuning.from_row(rows[0]) if rows else None

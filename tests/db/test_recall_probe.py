@@ -1,0 +1,87 @@
+"""The recall probe on a small set of tight clusters: the ef_search it picks, and searches that use it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from raiox_core import recall
+from raiox_core.db import DEFAULT_EF_SEARCH
+from tests.db.test_db import explained_searches  # noqa: F401  (a fixture)
+
+MODEL, DIM, ROWS = "test/hard-cone", 256, 4000
+
+
+def _hard_vectors(seed=5) -> np.ndarray:
+    """Tight clusters (one implant design's many X-rays): inside a cluster every vector is nearly as close as
+    any other, in many dimensions, and an HNSW search must visit most of the cluster to find the true 10."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((20, DIM))
+    x = centres[rng.integers(0, 20, ROWS)] + 0.1 * rng.standard_normal((ROWS, DIM))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture
+def hard(db):
+    vectors = _hard_vectors()
+    with db.connection() as conn:
+        ids = [r[0] for r in conn.execute(
+            "INSERT INTO reference_implants (manufacturer, model, diameter_mm, source_filename, sha256, object_key,"
+            " width, height, source) SELECT 'Straumann', 'BL', 4.1, 'f' || g || '.png', lpad(to_hex(g), 64, '0'),"
+            " 'referencia/' || g || '.png', 100, 100, 'synthetic' FROM generate_series(1, %s) g ORDER BY g RETURNING id",
+            (ROWS,)).fetchall()]
+        with conn.cursor().copy("COPY embeddings (reference_id, embedding_model, dim, embedding) FROM STDIN") as copy:
+            for ref_id, v in zip(ids, vectors):
+                copy.write_row((ref_id, MODEL, DIM, "[" + ",".join(map(str, v)) + "]"))
+    db.ensure_model_index(MODEL, DIM)
+    with db.connection() as conn:
+        conn.execute("ANALYZE embeddings, reference_implants")
+    return db, vectors
+
+
+def _recall(db, queries, ef: int) -> float:
+    found = total = 0
+    for q in queries:
+        truth = {r["id"] for r in db.search(q, MODEL, k=10, exact=True)}
+        found, total = found + len(truth & {r["id"] for r in db.search(q, MODEL, k=10, ef_search=ef)}), total + len(truth)
+    return found / total
+
+
+def test_the_probe_picks_the_smallest_ef_search_that_reaches_the_target_and_searches_use_it(hard, explained_searches):  # noqa: F811
+    db, vectors = hard
+    # A demanding target, so that the ladder is climbed: at 4,000 vectors HNSW finds ~99.5% at ef_search 40.
+    target = 0.999
+    tuning = recall.probe(db, MODEL, target, samples=60, exact_below=0)
+    efs = [p["ef_search"] for p in tuning.ladder]
+    assert efs == list(recall.LADDER[:len(efs)]) and tuning.vectors == ROWS and tuning.samples == 60
+    assert all(p["recall"] < target for p in tuning.ladder[:-1])  # every smaller ef_search fell short
+    if tuning.exact:  # none reached it: every one was tried, and searches scan exactly
+        assert efs == list(recall.LADDER) and tuning.ladder[-1]["recall"] < target
+    else:
+        assert tuning.ladder[-1]["recall"] >= target and tuning.ef_search == efs[-1]
+    assert recall.recorded(db, MODEL).ef_search == tuning.ef_search
+    assert "recall@10" in recall.recorded(db, MODEL).describe()
+
+    db.search(vectors[7], MODEL, k=10)
+    if tuning.exact:
+        assert not explained_searches[-1].index_scans()
+    else:
+        assert explained_searches[-1].ef_search == str(tuning.ef_search)
+
+    usual = recall.probe(db, MODEL, 0.98, samples=100, exact_below=0)
+    assert not usual.exact and usual.ef_search == usual.ladder[-1]["ef_search"]
+    db.search(vectors[7], MODEL, k=10)
+    assert explained_searches[-1].ef_search == str(usual.ef_search)  # a new probe applies at once
+    # Other queries than the probe's: the choice holds, within the sampling error of 100 queries.
+    fresh = recall._queries([(int(i), vectors[i]) for i in np.random.default_rng(99).choice(ROWS, 100, replace=False)], seed=7)
+    assert _recall(db, fresh, usual.ef_search) >= 0.98 - 0.02
+
+
+def test_a_small_set_is_searched_exactly_and_stale_tunings_are_noticed(hard, explained_searches):  # noqa: F811
+    db, vectors = hard
+    tuning = recall.probe(db, MODEL, 0.98)  # 3,000 vectors: fewer than an exact scan takes
+    assert tuning.exact and tuning.recall == 1.0 and tuning.samples == 0 and "scanned exactly" in tuning.describe()
+    db.search(vectors[3], MODEL, k=10)
+    assert not explained_searches[-1].index_scans()
+    assert tuning.stale(ROWS * 2, 0.98) and tuning.stale(ROWS, 0.99) and not tuning.stale(ROWS + 10, 0.98)
+    assert DEFAULT_EF_SEARCH in recall.LADDER
