@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from tests.e2e.test_browser import app_url, browser, wait_idle  # noqa: F401  (module-scoped fixtures)
+from tests.e2e.test_browser import app_home, app_url, browser, wait_idle  # noqa: F401  (module-scoped fixtures)
 from tests.reliability.conftest import picture
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
