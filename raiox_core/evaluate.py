@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InvalidInput, TooFewReferences
+from .grouping import unit_rows
 
 TOP_K = 5
 CHUNK_BYTES = 128 * 1024 * 1024
@@ -30,10 +31,6 @@ class Evaluation:
     predictions: pd.DataFrame  # one row per reference: its nearest other reference and whether it agrees
     overall: dict  # references, manufacturers, models, and the four accuracies over all references
 
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.ascontiguousarray(x / np.where(norms > 0, norms, 1.0), dtype=np.float32)
 
 
 def _chunk_rows(n: int, chunk_rows: int | None) -> int:
@@ -116,7 +113,7 @@ def evaluate(
     The confusion matrices count the LOO top-1 predictions: rows are the true labels, columns the
     predicted ones, both over every label. Raises TooFewReferences for fewer than 2 vectors.
     """
-    x = _unit(np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1))
+    x = unit_rows(np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1))
     n = len(x)
     if n < 2:
         raise TooFewReferences("Evaluation needs at least 2 references.")

@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import InvalidInput, TooFewReferences
+from .grouping import unit_rows
 
 METHODS = ("umap", "pca")
 METRICS = ("cosine", "euclidean", "correlation")
@@ -95,7 +96,7 @@ class Projection:
 
     def transform(self, vectors: np.ndarray) -> np.ndarray:
         """Place new vectors on this map without refitting: (m, n_components) float32."""
-        x = _unit(np.atleast_2d(np.asarray(vectors, dtype=np.float32)))
+        x = unit_rows(np.atleast_2d(np.asarray(vectors, dtype=np.float32)))
         reducer = self.fitted_reducer()
         if self.method == "umap":
             with warnings.catch_warnings():
@@ -105,11 +106,6 @@ class Projection:
             out = reducer.transform(x)
         return _pad(np.asarray(out, dtype=np.float32), self.n_components)
 
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    """Stored vectors are unit length already; renormalising keeps cosine geometry exact for PCA."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.ascontiguousarray(x / np.where(norms > 0, norms, 1.0), dtype=np.float32)
 
 
 def _pad(coords: np.ndarray, n_components: int) -> np.ndarray:
@@ -146,7 +142,7 @@ def project(
     params = ProjectionParams(method, n_components, n_neighbors, min_dist, metric, seed)
     if len(vectors) == 0:
         raise TooFewReferences("There are no reference vectors to project.")
-    x = _unit(np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1))
+    x = unit_rows(np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1))
     n = len(x)
     ids_arr = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
     started = time.perf_counter()
