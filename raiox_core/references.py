@@ -20,7 +20,7 @@ from PIL import Image
 
 from .db import Database, Filters
 from .embedder import Embedder
-from .errors import DatabaseUnavailable, DuplicateReference, NamingError, NotFound, StorageError
+from .errors import DatabaseUnavailable, DuplicateReference, NamingError, StorageError
 from .images import PreparedImage
 from .naming import Labels, canonical_manufacturer, check_diameter
 from .storage import REFERENCE_PREFIX, Storage, reference_key

@@ -7,7 +7,6 @@ Everything binary is generated here; nothing is committed.
 from __future__ import annotations
 
 import io
-import os
 import socket
 import subprocess
 import sys
