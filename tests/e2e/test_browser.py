@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from raiox_core.synthetic import demo_files
 from tests.envs import subprocess_env
@@ -97,6 +98,25 @@ def wait_idle(page, timeout_ms=180_000):
     page.wait_for_function(
         "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms
     )
+
+
+PROBLEM = "[data-testid='stException'], [data-testid='stAlertContentError']"
+
+
+def expect_text(page, text: str, log_path: Path, timeout_ms: int = 180_000) -> None:
+    """Wait for `text` on the page. An exception or error shown instead fails at once, and any failure reports
+    what the page says and the end of the dashboard's log: a bare timeout in CI says nothing about the cause."""
+    wanted = page.get_by_text(text).first
+    try:
+        wanted.or_(page.locator(PROBLEM).first).wait_for(timeout=timeout_ms)
+        if wanted.is_visible():
+            return
+        why = "the page shows an error instead"
+    except PlaywrightTimeout:
+        why = f"nothing within {timeout_ms / 1000:g} s"
+    shown = " | ".join(page.locator(PROBLEM).all_inner_texts()) or page.inner_text("body")[-1500:]
+    log = Path(log_path).read_text(errors="replace")[-3000:] if Path(log_path).exists() else "(no log)"
+    pytest.fail(f"Waited for {text!r}: {why}.\nThe page: {shown}\nThe dashboard's log:\n{log}")
 
 
 @pytest.mark.parametrize("name", PAGES)

@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from tests.e2e.test_browser import app_home, app_url, browser, wait_idle  # noqa: F401  (module-scoped fixtures)
+from tests.e2e.test_browser import app_home, app_url, browser, expect_text, wait_idle  # noqa: F401  (module-scoped fixtures)
 from tests.reliability.conftest import picture
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -74,7 +74,7 @@ def _type_and_enter(page, row: int, column: str, text: str) -> None:
     wait_idle(page)
 
 
-def test_labels_typed_into_the_table_are_stored(browser, app_url, tmp_path):  # noqa: F811
+def test_labels_typed_into_the_table_are_stored(browser, app_url, app_home, tmp_path):  # noqa: F811
     named, unnamed = tmp_path / "NOBEL_ACTIVE_4.3mm_91.png", tmp_path / "scan_0001.png"
     added = tmp_path / "ZIMMER_TSV_3.75mm_93.png"
     named.write_bytes(_png(9101))
@@ -109,7 +109,7 @@ def test_labels_typed_into_the_table_are_stored(browser, app_url, tmp_path):  # 
     wait_idle(page)
     assert page.locator("[data-testid='stException']").count() == 0
     page.get_by_role("button", name="Ingest 3 files").click()
-    page.get_by_text("Last ingestion").wait_for(timeout=180_000)
+    expect_text(page, "Last ingestion", app_home / "app.log")
     wait_idle(page)
 
     page.goto(f"{app_url}/references")
