@@ -1,5 +1,5 @@
-"""Concurrency: two `raiox ingest` processes on overlapping folders; 32 matches at once in one process; a
-delete racing a re-ingestion of the same image."""
+"""Concurrency: three `raiox ingest` processes on overlapping folders into one S3 bucket; 32 matches at once in
+one process; a delete racing a re-ingestion of the same image."""
 
 from __future__ import annotations
 
@@ -17,14 +17,17 @@ from raiox_core.storage import open_storage
 from tests.reliability.conftest import assert_consistent, labelled_pngs, raiox_command
 
 
-def test_two_processes_ingesting_overlapping_batches_store_each_image_once(cli_env, tmp_path, db, settings):
-    files = labelled_pngs(30, start=200)
-    folders = {"a": files[:20], "b": files[10:]}  # ten images in both
+def test_three_processes_ingesting_overlapping_folders_into_one_bucket_store_each_image_once(
+        cli_env, tmp_path, db, s3_settings):
+    # As ingestion hosts sharing one database and one S3 bucket would: every pair of folders overlaps.
+    files = labelled_pngs(36, start=200)
+    folders = {"a": files[:20], "b": files[10:30], "c": files[20:] + files[:5]}
     for folder, members in folders.items():
         (tmp_path / folder).mkdir()
         for name, data in members:
             (tmp_path / folder / name).write_bytes(data)
-    procs = [subprocess.Popen(raiox_command("ingest", tmp_path / folder, "--json"), env=cli_env, cwd=tmp_path,
+    env = {**cli_env, "RAIOX_STORAGE_URL": s3_settings.storage_url, "RAIOX_S3_ENDPOINT_URL": s3_settings.s3_endpoint_url}
+    procs = [subprocess.Popen(raiox_command("ingest", tmp_path / folder, "--json"), env=env, cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for folder in folders]
     outputs = [proc.communicate(timeout=300) for proc in procs]
     for proc, (out, err) in zip(procs, outputs):
@@ -33,13 +36,13 @@ def test_two_processes_ingesting_overlapping_batches_store_each_image_once(cli_e
 
     ingested = [i for r in reports for i in r["ingested"]]
     assert len(ingested) == len(files) and not any(r["rejected"] for r in reports)
-    assert sum(len(r["duplicates"]) for r in reports) == 10
+    assert sum(len(r["duplicates"]) for r in reports) == sum(map(len, folders.values())) - len(files)
     # Whichever process lost the race on an image reports the winner's id.
     ids = {i["file"].split("/")[-1]: i["id"] for i in ingested}
     for report in reports:
         for dup in report["duplicates"]:
             assert dup["id"] == ids[dup["file"].split("/")[-1]]
-    rows = assert_consistent(db, open_storage(settings.with_(data_dir=tmp_path / "data")))
+    rows = assert_consistent(db, open_storage(s3_settings))  # one object per row in the bucket, no orphan
     assert sorted(r["source_filename"] for r in rows) == sorted(name for name, _ in files)
 
 
