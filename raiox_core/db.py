@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
 import threading
 import time
@@ -45,6 +46,26 @@ TUNING_TTL_S = 60.0  # how long a process keeps the recall probe's ef_search bef
 
 
 PGVECTOR_HNSW_DEFAULTS = {"m": 16, "ef_construction": 64}  # what an index built without WITH (...) has
+
+
+def _graph_bytes(rows: int, dim: int) -> int:
+    """What an HNSW graph of `rows` vectors takes: the vectors plus ~40 bytes of links and tuple overhead per
+    unit of m (bench (g): 260 MB for 100k 512-d vectors at m = 16)."""
+    return rows * (dim * 4 + 40 * HNSW_M)
+
+
+def _size_index_build(conn, graph_bytes: int, *, local: bool, cores: int | None) -> None:
+    """Give an index build the memory its graph needs (pgvector builds on disk, several times slower, once the
+    graph outgrows maintenance_work_mem, 64 MB by default: too little beyond ~25k vectors), never less than the
+    server's setting nor more than a quarter of this machine's RAM; and, given the server's `cores` (known for
+    the embedded one only), one parallel worker per core beyond the first (the leader builds too)."""
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    want_kb = min(graph_bytes * 5 // 4, ram // 4) // 1024
+    (have_kb,) = conn.execute("SELECT setting::bigint FROM pg_settings WHERE name = 'maintenance_work_mem'").fetchone()
+    scope = sql.SQL("SET LOCAL" if local else "SET")
+    conn.execute(sql.SQL("{} maintenance_work_mem = {}").format(scope, sql.Literal(f"{max(want_kb, have_kb)}kB")))
+    if cores is not None:
+        conn.execute(sql.SQL("{} max_parallel_maintenance_workers = {}").format(scope, sql.Literal(max(0, cores - 1))))
 
 
 def _index_name(embedding_model: str) -> str:
@@ -135,6 +156,7 @@ class Database:
         self.url = url
         self.description = description  # shown to users: never contains a password
         self._server = server  # keeps the embedded server alive as long as this object
+        self._server_cores = os.cpu_count() if server is not None else None  # the embedded one runs here
         self._indexed_models: set[str] = set()
         self._lock = threading.Lock()
         self._tunings: dict[str, tuple[float, dict | None]] = {}  # model -> (read at, recall probe's row)
@@ -211,6 +233,11 @@ class Database:
         name = _index_name(embedding_model)
         with self.connection() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            exists = conn.execute("SELECT 1 FROM pg_class WHERE relname = %s AND relkind = 'i'", (name,)).fetchone()
+            if not exists:  # a build over vectors already there (a migrated or bulk-loaded table): size it
+                (rows,) = conn.execute("SELECT count(*) FROM embeddings WHERE embedding_model = %s",
+                                       (embedding_model,)).fetchone()
+                _size_index_build(conn, _graph_bytes(rows, dim), local=True, cores=self._server_cores)
             conn.execute(
                 sql.SQL(
                     "CREATE INDEX IF NOT EXISTS {name} ON embeddings USING hnsw ((embedding::vector({dim}))"
@@ -255,11 +282,8 @@ class Database:
 
         try:  # REINDEX CONCURRENTLY cannot run in a transaction block: its own autocommit connection
             with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
-                # The graph must fit in maintenance_work_mem, or pgvector builds on disk, many times slower.
-                (needed_kb,) = conn.execute(
-                    "SELECT greatest(setting::bigint, pg_relation_size(%s::regclass) * 5 / 4 / 1024)"
-                    " FROM pg_settings WHERE name = 'maintenance_work_mem'", (index,)).fetchone()
-                conn.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(f"{needed_kb}kB")))
+                (index_bytes,) = conn.execute("SELECT pg_relation_size(%s::regclass)", (index,)).fetchone()
+                _size_index_build(conn, index_bytes, local=False, cores=self._server_cores)
                 set_params(conn, HNSW_PARAMS)
                 try:
                     conn.execute(sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(name))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from raiox_core import recall
-from raiox_core.db import DEFAULT_EF_SEARCH
+from raiox_core.db import DEFAULT_EF_SEARCH, HNSW_M, _graph_bytes, _size_index_build
 from tests.db.test_db import explained_searches  # noqa: F401  (a fixture)
 
 MODEL, DIM, ROWS = "test/hard-cone", 256, 4000
@@ -85,3 +85,31 @@ def test_a_small_set_is_searched_exactly_and_stale_tunings_are_noticed(hard, exp
     assert not explained_searches[-1].index_scans()
     assert tuning.stale(ROWS * 2, 0.98) and tuning.stale(ROWS, 0.99) and not tuning.stale(ROWS + 10, 0.98)
     assert DEFAULT_EF_SEARCH in recall.LADDER
+
+
+def _build_notices(db, memory) -> list[str]:
+    """PostgreSQL's notices while building a copy of the test model's index with `memory` set by `memory(conn)`."""
+    from psycopg import sql
+
+    notices: list[str] = []
+    with db.connection() as conn, conn.transaction(force_rollback=True):  # the copy is not kept
+        def keep(notice) -> None:
+            notices.append(notice.message_primary)
+
+        conn.add_notice_handler(keep)
+        memory(conn)
+        conn.execute(sql.SQL("CREATE INDEX scratch_hnsw ON embeddings USING hnsw ((embedding::vector({dim}))"
+                             " vector_cosine_ops) WITH (m = {m}, ef_construction = 128) WHERE embedding_model = {model}")
+                     .format(dim=sql.Literal(DIM), m=sql.Literal(HNSW_M), model=sql.Literal(MODEL)))
+        conn.remove_notice_handler(keep)  # the connection goes back to the pool
+    return notices
+
+
+def test_an_index_build_is_given_the_memory_its_graph_needs(hard):
+    # Short of it, pgvector says "hnsw graph no longer fits into maintenance_work_mem" and builds on disk,
+    # several times slower; nothing else would show that the sizing fell short.
+    db, _ = hard
+    starved = _build_notices(db, lambda conn: conn.execute("SET LOCAL maintenance_work_mem = '1MB'"))
+    assert any("no longer fits" in n for n in starved)  # the check can see a build that spills
+    sized = _build_notices(db, lambda conn: _size_index_build(conn, _graph_bytes(ROWS, DIM), local=True, cores=None))
+    assert not any("no longer fits" in n for n in sized), sized
