@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import psycopg
 from psycopg import sql
 
 from raiox_core import embedded_pg
@@ -27,11 +26,6 @@ from raiox_core.storage import LocalStorage
 from .data import Labels
 
 log = logging.getLogger(__name__)
-# An index build over existing rows must fit in memory, or pgvector falls back to a much slower on-disk
-# build; see bench/README.md. The embedded server keeps its defaults for everything else.
-BUILD_MAINTENANCE_WORK_MEM = "1GB"
-
-
 @dataclass
 class BenchEnv:
     settings: Settings  # points at the bench's own database and data dir
@@ -62,10 +56,8 @@ class BenchEnv:
         migrate(url)
         # The CPU path, always: the targets are for CPU, and the int8 encoder is CPU-only.
         bench_settings = settings.with_(data_dir=root / "data", database_url=url, storage_url=None, device="cpu")
-        with psycopg.connect(url, autocommit=True) as conn:  # ALTER SYSTEM cannot run in a transaction
-            conn.execute(f"ALTER SYSTEM SET maintenance_work_mem = '{BUILD_MAINTENANCE_WORK_MEM}'")
-            conn.execute("SELECT pg_reload_conf()")
-        db = Database(url, description="bench PostgreSQL", max_size=4)
+        # As the app's own embedded database: index builds get the memory and parallel workers Raiox gives them.
+        db = Database(url, description="bench PostgreSQL", max_size=4, server=server)
         notes = []
         try:
             embedder = load_embedder(settings.model, settings.pretrained, bench_settings.device, settings.precision)
