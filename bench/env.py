@@ -26,6 +26,8 @@ from raiox_core.storage import LocalStorage
 from .data import Labels
 
 log = logging.getLogger(__name__)
+
+
 @dataclass
 class BenchEnv:
     settings: Settings  # points at the bench's own database and data dir
