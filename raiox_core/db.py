@@ -68,6 +68,12 @@ def _size_index_build(conn, graph_bytes: int, *, local: bool, cores: int | None)
         conn.execute(sql.SQL("{} max_parallel_maintenance_workers = {}").format(scope, sql.Literal(max(0, cores - 1))))
 
 
+def _index_options(conn, name: str) -> list[str] | None:
+    """The index's storage options ("m=16", ...; [] when built with the defaults), or None if it does not exist."""
+    row = conn.execute("SELECT reloptions FROM pg_class WHERE relname = %s AND relkind = 'i'", (name,)).fetchone()
+    return None if row is None else row[0] or []
+
+
 def _index_name(embedding_model: str) -> str:
     return "embeddings_hnsw_" + hashlib.sha256(embedding_model.encode()).hexdigest()[:16]
 
@@ -233,8 +239,7 @@ class Database:
         name = _index_name(embedding_model)
         with self.connection() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-            exists = conn.execute("SELECT 1 FROM pg_class WHERE relname = %s AND relkind = 'i'", (name,)).fetchone()
-            if not exists:  # a build over vectors already there (a migrated or bulk-loaded table): size it
+            if _index_options(conn, name) is None:  # a build over vectors already there (a migrated or bulk-loaded table): size it
                 (rows,) = conn.execute("SELECT count(*) FROM embeddings WHERE embedding_model = %s",
                                        (embedding_model,)).fetchone()
                 _size_index_build(conn, _graph_bytes(rows, dim), local=True, cores=self._server_cores)
@@ -253,11 +258,10 @@ class Database:
     def index_params(self, embedding_model: str) -> dict[str, int] | None:
         """The model's HNSW index build parameters ({"m", "ef_construction"}), or None if it has no index."""
         with self.connection() as conn:
-            row = conn.execute("SELECT reloptions FROM pg_class WHERE relname = %s AND relkind = 'i'",
-                               (_index_name(embedding_model),)).fetchone()
-        if row is None:
+            options = _index_options(conn, _index_name(embedding_model))
+        if options is None:
             return None
-        given = dict(option.split("=", 1) for option in row[0] or [])
+        given = dict(option.split("=", 1) for option in options)
         return {key: int(given.get(key, default)) for key, default in PGVECTOR_HNSW_DEFAULTS.items()}
 
     def outdated_indexes(self) -> dict[str, dict[str, int]]:
