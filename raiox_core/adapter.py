@@ -362,6 +362,9 @@ class AdaptedEmbedder:
         base = self.base.encode_tensor(pixels, batch_size)
         return {self.base.embedding_model: base, self.embedding_model: self.adapter.apply(base)}
 
+    def stored_models(self) -> list[str]:
+        return [self.base.embedding_model, self.embedding_model]
+
 
 def with_active_adapter(state, db, settings):
     """The model state with the active adapter of its model in force (see active_id), or the state unchanged.

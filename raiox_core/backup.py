@@ -22,6 +22,7 @@ import math
 import re
 import zipfile
 import zlib
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -201,23 +202,25 @@ def restore(db: Database, storage: Storage, path: Path, progress: Progress | Non
             if progress:
                 progress(done, total, "checking")
         stored = None  # the keys in storage, listed once if some reference is present already
-        for start in range(0, total, BULK_ROWS):
-            chunk = references[start : start + BULK_ROWS]
-            known = db.existing([r["sha256"] for r in chunk])
-            new = []
-            for number, record in enumerate(chunk, start):
-                sha = record["sha256"]
-                if sha in known:
-                    skipped += 1
-                    stored = set(storage.list_keys(REFERENCE_PREFIX)) if stored is None else stored
-                    if reference_key(sha) not in stored:  # lost its image: the archive's copy puts it back
-                        repaired += restore_missing_image(db, storage, sha, _image(archive, sha, name))
-                else:
-                    new.append(_new_reference(record, vectors[number], _image(archive, sha, name)))
-            added = len(add_many(db, storage, new))  # one bulk transaction, all or nothing
-            restored, skipped = restored + added, skipped + len(new) - added  # the rest restored meanwhile
-            if progress:
-                progress(start + len(chunk), total, "restoring" if start + len(chunk) < total else "done")
+        # One index build at the end instead of one graph insert per vector, when the archive is big enough.
+        with db.bulk_load(Counter(m for vs in vectors for m in vs)):
+            for start in range(0, total, BULK_ROWS):
+                chunk = references[start : start + BULK_ROWS]
+                known = db.existing([r["sha256"] for r in chunk])
+                new = []
+                for number, record in enumerate(chunk, start):
+                    sha = record["sha256"]
+                    if sha in known:
+                        skipped += 1
+                        stored = set(storage.list_keys(REFERENCE_PREFIX)) if stored is None else stored
+                        if reference_key(sha) not in stored:  # lost its image: the archive's copy puts it back
+                            repaired += restore_missing_image(db, storage, sha, _image(archive, sha, name))
+                    else:
+                        new.append(_new_reference(record, vectors[number], _image(archive, sha, name)))
+                added = len(add_many(db, storage, new))  # one bulk transaction, all or nothing
+                restored, skipped = restored + added, skipped + len(new) - added  # the rest restored meanwhile
+                if progress:
+                    progress(start + len(chunk), total, "restoring" if start + len(chunk) < total else "done")
     return {"restored": restored, "skipped": skipped, "images_restored": repaired}
 
 

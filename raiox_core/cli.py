@@ -479,23 +479,28 @@ def _recall_check(db, target: float, repair: bool) -> str:
 
 
 def _index_check(db, repair: bool) -> str:
-    """Indexes built with older HNSW parameters than the current ones: named, or rebuilt with --repair."""
+    """Models without an index (a bulk load was killed before its build) and indexes built with older HNSW
+    parameters than the current ones: named, or built and rebuilt with --repair."""
     from .db import HNSW_PARAMS
 
     def shown(params: dict[str, int]) -> str:
         return ", ".join(f"{key}={value}" for key, value in params.items())
 
-    outdated = db.outdated_indexes()
+    missing, outdated = db.unindexed_models(), db.outdated_indexes()
     current = shown(HNSW_PARAMS)
-    if not outdated:
+    if not missing and not outdated:
         return f"current ({current})"
     if not repair:
-        return "; ".join(f"{model}: built with {shown(p)}" for model, p in outdated.items()) \
+        return "; ".join([f"{model}: no index ({n:,} vectors scanned exactly per search; an interrupted bulk load?)"
+                          for model, n in missing.items()] + [f"{model}: built with {shown(p)}" for model, p in outdated.items()]) \
             + f" (current: {current}; `raiox doctor --repair` rebuilds, searches go on)"
+    for model in missing:
+        print(f"Building the missing index of {model}...", flush=True)
+        db.build_missing_index(model)
     for model in outdated:
         print(f"Rebuilding the index of {model} with {current}...", flush=True)
         db.rebuild_index(model)
-    return f"{len(outdated)} rebuilt with {current}"
+    return f"{len(missing) + len(outdated)} rebuilt with {current}"
 
 
 def cmd_reembed(args, s: Session) -> int:

@@ -8,6 +8,7 @@ import os
 import re
 import threading
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -43,6 +44,11 @@ HNSW_PARAMS = {"m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION}  # as index
 # candidates that is >= 10 up to ~800k vectors per model (bench/README.md: beyond, search exactly or upgrade).
 FILTERED_EF_SEARCH = 400
 TUNING_TTL_S = 60.0  # how long a process keeps the recall probe's ef_search before reading it again
+# A write of at least BULK_MIN_VECTORS vectors that makes up at least BULK_SHARE of the model's vectors after
+# it goes into the table without the model's index, built once at the end: inserting through a live HNSW
+# graph costs several ms per vector, a build from scratch a fraction of one (bench (l), "Bulk writes").
+BULK_MIN_VECTORS, BULK_SHARE = 2_000, 0.25
+BULK_DROP_LOCK_TIMEOUT = "5s"  # a drop waits this long for running searches, else the write keeps the live index
 
 
 PGVECTOR_HNSW_DEFAULTS = {"m": 16, "ef_construction": 64}  # what an index built without WITH (...) has
@@ -164,6 +170,7 @@ class Database:
         self._server = server  # keeps the embedded server alive as long as this object
         self._server_cores = os.cpu_count() if server is not None else None  # the embedded one runs here
         self._indexed_models: set[str] = set()
+        self._deferred: dict[str, int] = {}  # model -> open bulk_load blocks that dropped (or hold off) its index
         self._lock = threading.Lock()
         self._tunings: dict[str, tuple[float, dict | None]] = {}  # model -> (read at, recall probe's row)
         self.pool = ConnectionPool(
@@ -234,7 +241,7 @@ class Database:
 
     def ensure_model_index(self, embedding_model: str, dim: int) -> None:
         """One partial HNSW cosine index per embedding_model, so searches of one model never wade through another's."""
-        if embedding_model in self._indexed_models:
+        if embedding_model in self._indexed_models or embedding_model in self._deferred:
             return
         name = _index_name(embedding_model)
         with self.connection() as conn:
@@ -254,6 +261,69 @@ class Database:
             )
         with self._lock:
             self._indexed_models.add(embedding_model)
+
+    @contextmanager
+    def bulk_load(self, incoming: dict[str, int]) -> Iterator[None]:
+        """A block that writes many vectors (embedding model -> how many): a model for which they are at least
+        BULK_MIN_VECTORS and BULK_SHARE of its vectors after the write has its index dropped first and built
+        once when the block ends, failed or not (or nested in another bulk_load: when the outermost ends).
+
+        The block's own transactions stay all or nothing per reference. Meanwhile searches of that model scan
+        exactly (right answers, slower) and other models keep their indexes. Killed before its end, the block
+        leaves the model without an index: `raiox doctor` says so and `--repair` (or the next write) builds it.
+        """
+        deferred = [m for m, n in incoming.items() if m in self._deferred or self._worth_rebuilding(m, n)]
+        deferred = [m for m in deferred if m in self._deferred or self._drop_index(m)]
+        with self._lock:
+            for embedding_model in deferred:
+                self._deferred[embedding_model] = self._deferred.get(embedding_model, 0) + 1
+        try:
+            yield
+        finally:
+            for embedding_model in deferred:
+                with self._lock:
+                    self._deferred[embedding_model] -= 1
+                    last = not self._deferred[embedding_model]
+                    if last:
+                        del self._deferred[embedding_model]
+                if last:
+                    self.build_missing_index(embedding_model)
+
+    def _worth_rebuilding(self, embedding_model: str, incoming: int) -> bool:
+        if incoming < BULK_MIN_VECTORS:
+            return False
+        (have,) = self.query("vector-count", {"embedding_model": embedding_model})
+        return incoming >= BULK_SHARE * (int(have["n"]) + incoming)
+
+    def _drop_index(self, embedding_model: str) -> bool:
+        """Drop the model's index for a bulk write; False (the write goes through the live index) when a long
+        transaction holds the table past BULK_DROP_LOCK_TIMEOUT."""
+        try:
+            with self.connection() as conn:
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(BULK_DROP_LOCK_TIMEOUT)))
+                conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(_index_name(embedding_model))))
+        except psycopg.errors.LockNotAvailable:
+            return False
+        with self._lock:
+            self._indexed_models.discard(embedding_model)
+        return True
+
+    def build_missing_index(self, embedding_model: str) -> None:
+        """Build the model's index if it has vectors and no index (after a bulk load, or one that was killed)."""
+        with self._lock:
+            self._indexed_models.discard(embedding_model)
+        rows = self.query("vector-dim", {"embedding_model": embedding_model})
+        if rows:
+            self.ensure_model_index(embedding_model, rows[0]["dim"])
+
+    def unindexed_models(self) -> dict[str, int]:
+        """embedding_model -> vector count of each model with vectors but no index (not during this process's
+        own bulk loads)."""
+        counts = {r["embedding_model"]: r["count"] for r in self.query("count-by-embedding-model")}
+        with self.connection() as conn:
+            return {m: n for m, n in counts.items()
+                    if m not in self._deferred and _index_options(conn, _index_name(m)) is None}
 
     def index_params(self, embedding_model: str) -> dict[str, int] | None:
         """The model's HNSW index build parameters ({"m", "ef_construction"}), or None if it has no index."""
@@ -340,6 +410,10 @@ class Database:
         The images' locks are taken first, in hash order (two bulk inserts never wait on each other in a
         cycle), so that a concurrent delete or restore of one of these images does not interleave.
         """
+        with self.bulk_load(Counter(m for vs in vectors for m in vs)):
+            return self._insert_many(references, vectors)
+
+    def _insert_many(self, references: list[dict], vectors: list[dict[str, np.ndarray]]) -> dict[str, int]:
         for embedding_model, dim in {(m, len(v)) for vs in vectors for m, v in vs.items()}:
             self.ensure_model_index(embedding_model, dim)
         queries = named_queries()
@@ -391,9 +465,10 @@ class Database:
         vectors of references deleted meanwhile are dropped."""
         if not vectors:
             return
-        self.ensure_model_index(embedding_model, len(next(iter(vectors.values()))))
-        with self.connection() as conn:
-            self._copy_vectors(conn.cursor(), [(i, embedding_model, v) for i, v in vectors.items()])
+        with self.bulk_load({embedding_model: len(vectors)}):
+            self.ensure_model_index(embedding_model, len(next(iter(vectors.values()))))
+            with self.connection() as conn:
+                self._copy_vectors(conn.cursor(), [(i, embedding_model, v) for i, v in vectors.items()])
 
     def get(self, reference_id: int) -> dict:
         rows = self.query("get-reference", {"id": reference_id})

@@ -95,6 +95,10 @@ class Embedder:
         embedder, raiox_core.adapter, gives its base vectors too)."""
         return {self.embedding_model: self.encode_tensor(pixels, batch_size)}
 
+    def stored_models(self) -> list[str]:
+        """The embedding models stored_vectors gives vectors of."""
+        return [self.embedding_model]
+
 
 def embedding_model_for(model: str, pretrained: str, digest: str | None = None) -> str:
     """The label stored with each vector; a checkpoint is named by its file name and content hash.

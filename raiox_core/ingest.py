@@ -405,7 +405,9 @@ def ingest(
     failure: str | None = None
     read = partial(_read_batch, planner=Planner(), firsts={}, db=db, embedder=embedder, limits=limits)
     write = partial(_write_batch, db=db, storage=storage, source=source)
-    with ThreadPoolExecutor(1, thread_name_prefix="raiox-read") as reader, \
+    # A large folder into a small set: one index build at the end instead of a graph insert per image.
+    with db.bulk_load({m: total for m in embedder.stored_models()}), \
+            ThreadPoolExecutor(1, thread_name_prefix="raiox-read") as reader, \
             ThreadPoolExecutor(1, thread_name_prefix="raiox-write") as writer:
         ahead = reader.submit(read, batches[0]) if batches else None
         writing: tuple[Future, _Batch] | None = None

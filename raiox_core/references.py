@@ -11,6 +11,7 @@ import io
 import logging
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable, Iterable
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 ORPHAN_GRACE_S = 600.0  # an unreferenced object younger than this may belong to an ingestion in flight
 _IMAGE_KEY = re.compile(re.escape(REFERENCE_PREFIX) + r"([0-9a-f]{64})\.png")  # reference_key's form
 BULK_ROWS = 128  # references per bulk transaction (one COPY each for rows and vectors), images in memory
+PUT_WORKERS = 8  # images of a bulk transaction stored at once
 
 
 # -- typed records --------------------------------------------------------------------------------
@@ -186,9 +188,7 @@ def add_many(db: Database, storage: Storage, news: Iterable[NewReference]) -> di
         unique = list({n.sha256: n for n in batch}.values())
         stored: list[str] = []
         try:
-            for new in unique:
-                storage.put(new.object_key, new.png)
-                stored.append(new.object_key)
+            _put_all(storage, unique, stored)
             added.update(db.insert_many([n.row() for n in unique], [n.vectors for n in unique]))
         except BaseException:
             _take_back(db, storage, stored)
@@ -202,6 +202,28 @@ def add_many(db: Database, storage: Storage, news: Iterable[NewReference]) -> di
     if batch:
         flush()
     return added
+
+
+def _put_all(storage: Storage, news: list[NewReference], stored: list[str]) -> None:
+    """Store the images of one bulk transaction, PUT_WORKERS at a time (each put mostly waits: on fsyncs, or
+    on a round trip to S3), appending each stored key to `stored`; the first failure cancels the puts not
+    yet started and is raised once those in flight have ended, so `stored` names everything to take back."""
+    with ThreadPoolExecutor(PUT_WORKERS, thread_name_prefix="raiox-put") as pool:
+        futures = {pool.submit(storage.put, new.object_key, new.png): new.object_key for new in news}
+        failure = None
+        for future in as_completed(futures):
+            if future.cancelled():
+                continue
+            try:
+                future.result()
+                stored.append(futures[future])
+            except BaseException as exc:
+                if failure is None:
+                    failure = exc
+                    for other in futures:
+                        other.cancel()
+    if failure is not None:
+        raise failure
 
 
 def _take_back(db: Database, storage: Storage, keys: list[str]) -> None:
@@ -317,12 +339,13 @@ def reembed(db: Database, storage: Storage, embedder: Embedder, batch_size: int 
             progress: Callable[[int, int], None] | None = None) -> int:
     """Compute this model's vectors for every reference that lacks them; returns how many were added."""
     missing = db.missing_embeddings(embedder.embedding_model)
-    for start in range(0, len(missing), batch_size):
-        chunk = missing[start : start + batch_size]
-        images = [Image.open(io.BytesIO(storage.get(row["object_key"]))) for row in chunk]
-        # Every vector the embedder stores: an adapted embedder's base vectors too (see Embedder.stored_vectors).
-        for embedding_model, vectors in embedder.stored_vectors(embedder.to_tensor(images), batch_size).items():
-            db.add_embeddings(embedding_model, {row["id"]: v for row, v in zip(chunk, vectors)})
-        if progress:
-            progress(start + len(chunk), len(missing))
+    with db.bulk_load({m: len(missing) for m in embedder.stored_models()}):
+        for start in range(0, len(missing), batch_size):
+            chunk = missing[start : start + batch_size]
+            images = [Image.open(io.BytesIO(storage.get(row["object_key"]))) for row in chunk]
+            # Every vector the embedder stores: an adapted embedder's base vectors too (see Embedder.stored_vectors).
+            for embedding_model, vectors in embedder.stored_vectors(embedder.to_tensor(images), batch_size).items():
+                db.add_embeddings(embedding_model, {row["id"]: v for row, v in zip(chunk, vectors)})
+            if progress:
+                progress(start + len(chunk), len(missing))
     return len(missing)

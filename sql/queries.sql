@@ -241,6 +241,9 @@ SELECT reference_id, embedding FROM embeddings WHERE embedding_model = %(embeddi
 -- name: vector-count
 SELECT count(*) AS n FROM embeddings WHERE embedding_model = %(embedding_model)s;
 
+-- name: vector-dim
+SELECT dim FROM embeddings WHERE embedding_model = %(embedding_model)s LIMIT 1;
+
 -- name: save-search-tuning
 INSERT INTO search_tuning (embedding_model, ef_search, exact, recall, target, samples, vectors, ladder)
 VALUES (%(embedding_model)s, %(ef_search)s, %(exact)s, %(recall)s, %(target)s, %(samples)s, %(vectors)s, %(ladder)s)

@@ -141,7 +141,9 @@ def test_restore_is_all_or_nothing_per_transaction_and_resumes(db, source_set, e
     with pytest.raises(StorageError, match="The storage is down."):
         restore(empty_db, target, tmp_path / "b.zip")
     assert assert_consistent(empty_db, target, embedding_models=(MODEL_ID, OTHER_MODEL)) == []  # nothing half-written
-    assert len(puts) == 3  # two images were stored before the failure: assert_consistent saw them taken back
+    # Puts run in parallel: at least two images were stored before the failure, and assert_consistent saw
+    # every stored one taken back.
+    assert len(puts) >= 3
     monkeypatch.undo()
     assert restore(empty_db, target, tmp_path / "b.zip") == {"restored": 10, "skipped": 0, "images_restored": 0}
     assert len(assert_consistent(empty_db, target, embedding_models=(MODEL_ID, OTHER_MODEL))) == 10
