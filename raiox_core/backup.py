@@ -16,6 +16,7 @@ already present are skipped (their image is put back if it was lost), so running
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import math
@@ -160,9 +161,8 @@ def _npy(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _verified_png(png: bytes, sha256: str, where: str, encode: bool = True) -> bytes:
-    """The normalised image re-encoded without any metadata, after checking its pixels hash to `sha256`
-    (with encode=False only the check, returning b"")."""
+def _verified_png(png: bytes, sha256: str, where: str) -> bytes:
+    """The normalised image re-encoded without any metadata, after checking its pixels hash to `sha256`."""
     try:
         with Image.open(io.BytesIO(png), formats=["PNG"]) as img:
             # Stored images are square 8-bit grey of at most NORMALISED_SIDE: anything else is not one of ours,
@@ -171,7 +171,7 @@ def _verified_png(png: bytes, sha256: str, where: str, encode: bool = True) -> b
                 raise ValueError("not a normalised image")
             img.load()
             matches = _pixel_hash(img) == sha256
-            clean = _encode_png(img) if encode else b""
+            clean = _encode_png(img)
     except Exception:  # untrusted bytes: PIL raises many types
         matches = False
     if not matches:
@@ -197,8 +197,11 @@ def restore(db: Database, storage: Storage, path: Path, progress: Progress | Non
         name = path.name
         references, vectors = _read_archive(archive, name)
         total, restored, skipped, repaired = len(references), 0, 0, 0
+        checked: dict[str, bytes] = {}  # sha256 -> digest of its member's bytes, when they are the clean PNG
         for done, record in enumerate(references, 1):  # one image in memory at a time
-            _image(archive, record["sha256"], name, encode=False)
+            png = _member(archive, _image_member(record["sha256"]), MAX_IMAGE_BYTES, name)
+            if _verified_png(png, record["sha256"], name) == png:
+                checked[record["sha256"]] = hashlib.sha256(png).digest()
             if progress:
                 progress(done, total, "checking")
         stored = None  # the keys in storage, listed once if some reference is present already
@@ -214,9 +217,9 @@ def restore(db: Database, storage: Storage, path: Path, progress: Progress | Non
                         skipped += 1
                         stored = set(storage.list_keys(REFERENCE_PREFIX)) if stored is None else stored
                         if reference_key(sha) not in stored:  # lost its image: the archive's copy puts it back
-                            repaired += restore_missing_image(db, storage, sha, _image(archive, sha, name))
+                            repaired += restore_missing_image(db, storage, sha, _image(archive, sha, name, checked))
                     else:
-                        new.append(_new_reference(record, vectors[number], _image(archive, sha, name)))
+                        new.append(_new_reference(record, vectors[number], _image(archive, sha, name, checked)))
                 added = len(add_many(db, storage, new))  # one bulk transaction, all or nothing
                 restored, skipped = restored + added, skipped + len(new) - added  # the rest restored meanwhile
                 if progress:
@@ -230,9 +233,13 @@ def _new_reference(record: dict, vectors: dict[str, np.ndarray], png: bytes) -> 
                         record.get("group_id"))
 
 
-def _image(archive: zipfile.ZipFile, sha256: str, name: str, encode: bool = True) -> bytes:
-    member = _image_member(sha256)
-    return _verified_png(_member(archive, member, MAX_IMAGE_BYTES, name), sha256, name, encode)
+def _image(archive: zipfile.ZipFile, sha256: str, name: str, checked: dict[str, bytes]) -> bytes:
+    """The image to store: the member itself when its bytes are those the check found clean (no second
+    decode), else decoded, checked and re-encoded again."""
+    png = _member(archive, _image_member(sha256), MAX_IMAGE_BYTES, name)
+    if checked.get(sha256) == hashlib.sha256(png).digest():
+        return png
+    return _verified_png(png, sha256, name)
 
 
 @contextlib.contextmanager

@@ -407,7 +407,7 @@ class Database:
         """Insert references and their vectors in one transaction, rows and vectors each with one binary
         COPY; returns sha256 -> id of those inserted (an image already a reference is skipped).
 
-        The images' locks are taken first, in hash order (two bulk inserts never wait on each other in a
+        The images' locks are taken first, in key order (two bulk inserts never wait on each other in a
         cycle), so that a concurrent delete or restore of one of these images does not interleave.
         """
         with self.bulk_load(Counter(m for vs in vectors for m in vs)):
@@ -421,8 +421,7 @@ class Database:
                    "height", "source", "group_id")
         with self.connection() as conn:
             cur = conn.cursor()
-            for sha in sorted(r["sha256"] for r in references):
-                cur.execute(queries["lock-image"], {"sha256": sha})
+            cur.execute(queries["lock-images"], {"shas": [r["sha256"] for r in references]})
             cur.execute(queries["create-incoming-references"])
             with cur.copy(queries["copy-incoming-references"]) as copy:
                 copy.set_types(["text", "text", "float8", "text", "text", "text", "int4", "int4", "text", "text"])

@@ -181,6 +181,11 @@ DELETE FROM staff_sign_in_failures WHERE client = %(client)s;
 -- The first 64 bits of the hash are the key (a collision only makes two images wait for each other).
 SELECT pg_advisory_xact_lock(('x' || substr(%(sha256)s, 1, 16))::bit(64)::bigint);
 
+-- name: lock-images
+-- lock-image for many hashes in one round trip, in key order (two bulk inserts never wait on each other in a cycle).
+SELECT count(pg_advisory_xact_lock(k)) FROM (
+    SELECT DISTINCT ('x' || substr(s, 1, 16))::bit(64)::bigint AS k FROM unnest(%(shas)s::text[]) s ORDER BY 1) keys;
+
 -- name: reference-images
 SELECT id, sha256, object_key FROM reference_implants ORDER BY id;
 
