@@ -468,12 +468,12 @@ def _recall_check(db, target: float, repair: bool) -> str:
     lines = []
     for embedding_model, n in db.stats()["embedding_models"].items():
         found = recall.recorded(db, embedding_model)
-        if repair and (found is None or found.stale(n, target)):
+        if repair and (found is None or found.stale(n, target, db.index_type)):
             found = recall.probe(db, embedding_model, target)
         if found is None:
             lines.append(f"{embedding_model}: recall not measured (`raiox doctor --repair` measures it)")
         else:
-            stale = " (stale: `raiox doctor --repair` measures again)" if found.stale(n, target) else ""
+            stale = " (stale: `raiox doctor --repair` measures again)" if found.stale(n, target, db.index_type) else ""
             lines.append(f"{embedding_model}: {found.describe()}{stale}")
     return "; ".join(lines) or "no vectors yet"
 

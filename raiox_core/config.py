@@ -66,6 +66,7 @@ class Settings:
     match_batch_max: int = 16  # images per encoder call (the encoder's own batch size)
     match_queue: int = 64  # match requests the API holds at once; beyond, 503 with Retry-After
     adapter: str = "on"  # RAIOX_ADAPTER: "off" searches the base model's vectors even when `raiox train` adopted one
+    index_type: str = "vector"  # RAIOX_INDEX_TYPE: "halfvec" indexes 16-bit vectors (half the index; pgvector >= 0.7)
 
     @property
     def embedded_database(self) -> bool:
@@ -119,6 +120,7 @@ class Settings:
             ("RAIOX_PRECISION", "precision", ("auto", "fp32")),
             ("RAIOX_LOG_FORMAT", "log_format", ("text", "json")),
             ("RAIOX_ADAPTER", "adapter", ("on", "off")),
+            ("RAIOX_INDEX_TYPE", "index_type", ("vector", "halfvec")),
         ]:
             if (v := get(name)) is not None:
                 if v not in choices:

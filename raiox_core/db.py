@@ -52,12 +52,17 @@ BULK_DROP_LOCK_TIMEOUT = "5s"  # a drop waits this long for running searches, el
 
 
 PGVECTOR_HNSW_DEFAULTS = {"m": 16, "ef_construction": 64}  # what an index built without WITH (...) has
+# What the index holds (RAIOX_INDEX_TYPE): full 32-bit vectors, or 16-bit halfvec ones (pgvector 0.7+), with
+# the bytes per dimension and the operator class of each. The table always keeps the 32-bit vectors, and
+# the similarity a search reports is computed from them.
+INDEX_TYPES = {"vector": (4, "vector_cosine_ops"), "halfvec": (2, "halfvec_cosine_ops")}
+HALFVEC_SINCE = (0, 7)
 
 
-def _graph_bytes(rows: int, dim: int) -> int:
+def _graph_bytes(rows: int, dim: int, index_type: str = "vector") -> int:
     """What an HNSW graph of `rows` vectors takes: the vectors plus ~40 bytes of links and tuple overhead per
     unit of m (bench (g): 260 MB for 100k 512-d vectors at m = 16)."""
-    return rows * (dim * 4 + 40 * HNSW_M)
+    return rows * (dim * INDEX_TYPES[index_type][0] + 40 * HNSW_M)
 
 
 def _size_index_build(conn, graph_bytes: int, *, local: bool, cores: int | None) -> None:
@@ -80,8 +85,14 @@ def _index_options(conn, name: str) -> list[str] | None:
     return None if row is None else row[0] or []
 
 
-def _index_name(embedding_model: str) -> str:
-    return "embeddings_hnsw_" + hashlib.sha256(embedding_model.encode()).hexdigest()[:16]
+def _index_name(embedding_model: str, index_type: str = "vector") -> str:
+    """One index per model and index type: switching RAIOX_INDEX_TYPE builds the other one, never reuses it."""
+    name = "embeddings_hnsw_" + hashlib.sha256(embedding_model.encode()).hexdigest()[:16]
+    return name if index_type == "vector" else f"{name}_{index_type}"
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
 
 
 @dataclass(frozen=True)
@@ -164,8 +175,10 @@ def migrate(url: str, timeout_s: float = 10.0) -> list[str]:
 class Database:
     """A pooled connection to PostgreSQL with pgvector; every public method is one short transaction."""
 
-    def __init__(self, url: str, *, description: str, max_size: int = 8, timeout_s: float = 10.0, server=None):
+    def __init__(self, url: str, *, description: str, max_size: int = 8, timeout_s: float = 10.0, server=None,
+                 index_type: str = "vector"):
         self.url = url
+        self.index_type = index_type  # see INDEX_TYPES; check_index_type says whether the server can
         self.description = description  # shown to users: never contains a password
         self._server = server  # keeps the embedded server alive as long as this object
         self._server_cores = os.cpu_count() if server is not None else None  # the embedded one runs here
@@ -239,23 +252,33 @@ class Database:
 
     # -- schema -----------------------------------------------------------------------------------
 
+    def _index_name(self, embedding_model: str) -> str:
+        return _index_name(embedding_model, self.index_type)
+
+    def check_index_type(self) -> None:
+        """ConfigError when the index type needs a newer pgvector than the server's."""
+        if self.index_type == "halfvec" and _version(self.pgvector_version()) < HALFVEC_SINCE:
+            raise ConfigError(f"RAIOX_INDEX_TYPE=halfvec needs pgvector 0.7 or newer, and the database at "
+                              f"{self.description} has {self.pgvector_version()}; unset it to index full vectors.")
+
     def ensure_model_index(self, embedding_model: str, dim: int) -> None:
         """One partial HNSW cosine index per embedding_model, so searches of one model never wade through another's."""
         if embedding_model in self._indexed_models or embedding_model in self._deferred:
             return
-        name = _index_name(embedding_model)
+        name = self._index_name(embedding_model)
         with self.connection() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             if _index_options(conn, name) is None:  # a build over vectors already there (a migrated or bulk-loaded table): size it
                 (rows,) = conn.execute("SELECT count(*) FROM embeddings WHERE embedding_model = %s",
                                        (embedding_model,)).fetchone()
-                _size_index_build(conn, _graph_bytes(rows, dim), local=True, cores=self._server_cores)
+                _size_index_build(conn, _graph_bytes(rows, dim, self.index_type), local=True, cores=self._server_cores)
             conn.execute(
                 sql.SQL(
-                    "CREATE INDEX IF NOT EXISTS {name} ON embeddings USING hnsw ((embedding::vector({dim}))"
-                    " vector_cosine_ops) WITH (m = {m}, ef_construction = {ef}) WHERE embedding_model = {embedding_model}"
+                    "CREATE INDEX IF NOT EXISTS {name} ON embeddings USING hnsw ((embedding::{kind}({dim}))"
+                    " {opclass}) WITH (m = {m}, ef_construction = {ef}) WHERE embedding_model = {embedding_model}"
                 ).format(
                     name=sql.Identifier(name), dim=sql.Literal(dim), m=sql.Literal(HNSW_M),
+                    kind=sql.SQL(self.index_type), opclass=sql.SQL(INDEX_TYPES[self.index_type][1]),
                     ef=sql.Literal(HNSW_EF_CONSTRUCTION), embedding_model=sql.Literal(embedding_model),
                 )
             )
@@ -302,7 +325,7 @@ class Database:
             with self.connection() as conn:
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
                 conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(BULK_DROP_LOCK_TIMEOUT)))
-                conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(_index_name(embedding_model))))
+                conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(self._index_name(embedding_model))))
         except psycopg.errors.LockNotAvailable:
             return False
         with self._lock:
@@ -323,12 +346,12 @@ class Database:
         counts = {r["embedding_model"]: r["count"] for r in self.query("count-by-embedding-model")}
         with self.connection() as conn:
             return {m: n for m, n in counts.items()
-                    if m not in self._deferred and _index_options(conn, _index_name(m)) is None}
+                    if m not in self._deferred and _index_options(conn, self._index_name(m)) is None}
 
     def index_params(self, embedding_model: str) -> dict[str, int] | None:
         """The model's HNSW index build parameters ({"m", "ef_construction"}), or None if it has no index."""
         with self.connection() as conn:
-            options = _index_options(conn, _index_name(embedding_model))
+            options = _index_options(conn, self._index_name(embedding_model))
         if options is None:
             return None
         given = dict(option.split("=", 1) for option in options)
@@ -346,7 +369,7 @@ class Database:
         The parameters are set on the index first (REINDEX builds with them) and put back if the rebuild
         fails, so `index_params` never claims a graph that was not built.
         """
-        index = _index_name(embedding_model)
+        index = self._index_name(embedding_model)
         name = sql.Identifier(index)
         before = self.index_params(embedding_model)
 
@@ -559,12 +582,15 @@ class Database:
         `ef_search` overrides the HNSW candidate list size (recall against speed; the benchmark measures
         it); `exact` forces a full scan (ground truth for recall, and evaluation).
         """
-        query = sql.SQL(named_queries()["search"]).format(dim=sql.Literal(len(vector)), embedding_model=sql.Literal(embedding_model))
         params = {**filters.params(), "q": np.asarray(vector, dtype=np.float32), "k": k}
         active = filters.active()
         exact = exact or bool(active) and self.count(filters) <= EXACT_SEARCH_MAX_ROWS
         tuned = None if exact or ef_search else self._tuning(embedding_model)  # the recall probe's choice
         exact = exact or bool(tuned and tuned["exact"])
+        # An exact scan orders by the full vectors (the ground truth); the index's order is its own type's.
+        query = sql.SQL(named_queries()["search"]).format(
+            dim=sql.Literal(len(vector)), embedding_model=sql.Literal(embedding_model),
+            kind=sql.SQL("vector" if exact else self.index_type))
         with self.connection() as conn:
             if exact:
                 conn.execute("SET LOCAL enable_indexscan = off")
@@ -646,5 +672,11 @@ def open_database(settings) -> Database:
     except psycopg.Error as exc:  # e.g. no pgvector on the server, or no right to create tables
         reason = (exc.diag.message_primary or type(exc).__name__).rstrip(".")
         raise DatabaseUnavailable(f"The database at {description} refused to set up Raiox's tables ({reason}).") from None
-    return Database(url, description=description, max_size=settings.pool_max_size, timeout_s=settings.db_timeout_s,
-                    server=server)
+    db = Database(url, description=description, max_size=settings.pool_max_size, timeout_s=settings.db_timeout_s,
+                  server=server, index_type=settings.index_type)
+    try:
+        db.check_index_type()
+    except ConfigError:
+        db.close()
+        raise
+    return db

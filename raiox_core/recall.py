@@ -36,20 +36,23 @@ class Tuning:
     vectors: int
     ladder: list[dict]
     measured_at: datetime | None = None
+    index_type: str = "vector"  # the index it was measured on (RAIOX_INDEX_TYPE)
 
     @classmethod
     def from_row(cls, row: dict) -> Tuning:
         return cls(**{f: row[f] for f in cls.__dataclass_fields__})
 
     def describe(self) -> str:
-        how = "exact scans" if self.exact else f"ef_search {self.ef_search}"
+        how = ("exact scans" if self.exact else f"ef_search {self.ef_search}") \
+            + (f" ({self.index_type} index)" if self.index_type != "vector" else "")
         small = " (a set this small is scanned exactly)" if self.exact and self.vectors <= EXACT_SEARCH_MAX_ROWS else ""
         when = f", measured {self.measured_at:%Y-%m-%d}" if self.measured_at else ""
         return (f"{how}{small}: recall@{K} {self.recall:.3f} (target {self.target:g}) on {self.samples} sampled "
                 f"of {self.vectors:,} vectors{when}")
 
-    def stale(self, vectors: int, target: float) -> bool:
-        return self.target != target or abs(vectors - self.vectors) > STALE_CHANGE * max(self.vectors, 1)
+    def stale(self, vectors: int, target: float, index_type: str = "vector") -> bool:
+        return (self.target != target or self.index_type != index_type
+                or abs(vectors - self.vectors) > STALE_CHANGE * max(self.vectors, 1))
 
 
 def _ids(rows: list[dict]) -> set[int]:
@@ -86,7 +89,8 @@ def probe(db: Database, embedding_model: str, target: float, *, samples: int = S
                 break
         else:
             recall = 1.0  # exact scans from now on
-    tuning = Tuning(embedding_model, chosen, exact, round(recall, 4), target, len(queries), vectors, ladder)
+    tuning = Tuning(embedding_model, chosen, exact, round(recall, 4), target, len(queries), vectors, ladder,
+                    index_type=db.index_type)
     db.query("save-search-tuning", {**tuning.__dict__, "ladder": Jsonb(ladder)}, rows=False)
     db.forget_tuning()
     return tuning

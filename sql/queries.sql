@@ -77,13 +77,14 @@ SELECT count(*) FROM reference_implants r WHERE /* reference-filters */;
 -- name: search
 -- The k nearest references of one embedding model by cosine similarity. {dim} and {embedding_model} are
 -- literals (db.search fills them in), so that the model's partial HNSW index over
--- embedding::vector({dim}) WHERE embedding_model = {embedding_model} matches the query; db.search chooses its
--- ef_search, or an exact scan for a small filtered set.
+-- embedding::{kind}({dim}) WHERE embedding_model = {embedding_model} matches the query ({kind}: vector, or
+-- halfvec with RAIOX_INDEX_TYPE=halfvec); db.search chooses its ef_search, or an exact scan for a small
+-- filtered set. The similarity is always computed from the full 32-bit vectors.
 SELECT r.id, r.manufacturer, r.model, r.diameter_mm, r.source_filename, r.object_key, r.source,
        1 - (e.embedding::vector({dim}) <=> %(q)s::vector({dim})) AS similarity
 FROM embeddings e JOIN reference_implants r ON r.id = e.reference_id
 WHERE e.embedding_model = {embedding_model} AND /* reference-filters */
-ORDER BY e.embedding::vector({dim}) <=> %(q)s::vector({dim})
+ORDER BY e.embedding::{kind}({dim}) <=> %(q)s::{kind}({dim})
 LIMIT %(k)s;
 
 -- name: label-bound
@@ -250,14 +251,15 @@ SELECT count(*) AS n FROM embeddings WHERE embedding_model = %(embedding_model)s
 SELECT dim FROM embeddings WHERE embedding_model = %(embedding_model)s LIMIT 1;
 
 -- name: save-search-tuning
-INSERT INTO search_tuning (embedding_model, ef_search, exact, recall, target, samples, vectors, ladder)
-VALUES (%(embedding_model)s, %(ef_search)s, %(exact)s, %(recall)s, %(target)s, %(samples)s, %(vectors)s, %(ladder)s)
+INSERT INTO search_tuning (embedding_model, ef_search, exact, recall, target, samples, vectors, ladder, index_type)
+VALUES (%(embedding_model)s, %(ef_search)s, %(exact)s, %(recall)s, %(target)s, %(samples)s, %(vectors)s, %(ladder)s,
+        %(index_type)s)
 ON CONFLICT (embedding_model) DO UPDATE SET ef_search = EXCLUDED.ef_search, exact = EXCLUDED.exact,
     recall = EXCLUDED.recall, target = EXCLUDED.target, samples = EXCLUDED.samples, vectors = EXCLUDED.vectors,
-    ladder = EXCLUDED.ladder, measured_at = now();
+    ladder = EXCLUDED.ladder, index_type = EXCLUDED.index_type, measured_at = now();
 
 -- name: search-tuning
-SELECT embedding_model, ef_search, exact, recall, target, samples, vectors, ladder, measured_at
+SELECT embedding_model, ef_search, exact, recall, target, samples, vectors, ladder, measured_at, index_type
 FROM search_tuning WHERE embedding_model = %(embedding_model)s;
 
 -- name: insert-adapter

@@ -36,6 +36,10 @@ REQUIRED = [
     ("train", "200", "total_s"), ("train", "200", "final_fit_s"),
     ("explain", "map_vs_match"), ("explain", "map", "p50_ms"), ("explain", "match", "p50_ms"),
     ("explain", "occlusion_s"), ("explain", "occlusion_fp32_s"),
+    ("search", "cone", "default", "recall_at_10"), ("search", "radiographs", "default", "recall_at_10"),
+    ("search", "cone", "nn_cosine"), ("search", "radiographs", "exact", "p50_ms"),
+    ("bulk", "vectors", "bulk_vectors_per_s"), ("bulk", "vectors", "live_vectors_per_s"),
+    ("bulk", "vectors", "bulk_index_build_s"), ("bulk", "restore", "references_per_s"),
 ]
 
 
@@ -65,7 +69,7 @@ def test_quick_bench_produces_every_figure(tmp_path):
     assert missing == []
     runs = [report["figures"]["ingest"]["old_one_at_a_time"], *report["figures"]["ingest"]["pipeline"].values()]
     assert all(isinstance(r["page_faults_per_image"], int) and r["page_faults_per_image"] >= 0 for r in runs)
-    for part in ("clustered", "uniform"):
+    for part in ("clustered", "uniform", "cone", "radiographs"):
         for ef in ("20", "40", "100"):
             row = report["figures"]["search"][part]["hnsw"][ef]
             assert 0 < row["recall_at_10"] <= 1 and _positive(row["p50_ms"]) and _positive(row["p95_ms"])

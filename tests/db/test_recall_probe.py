@@ -84,6 +84,7 @@ def test_a_small_set_is_searched_exactly_and_stale_tunings_are_noticed(hard, exp
     db.search(vectors[3], MODEL, k=10)
     assert not explained_searches[-1].index_scans()
     assert tuning.stale(ROWS * 2, 0.98) and tuning.stale(ROWS, 0.99) and not tuning.stale(ROWS + 10, 0.98)
+    assert recall.recorded(db, MODEL).index_type == "vector" and tuning.stale(ROWS, 0.98, "halfvec")  # another index
     assert DEFAULT_EF_SEARCH in recall.LADDER
 
 
