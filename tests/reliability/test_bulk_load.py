@@ -116,7 +116,7 @@ sys.exit(__import__("raiox_core.cli").cli.main(["restore", sys.argv[1]]))
 
 
 def test_a_killed_restore_leaves_whole_references_and_doctor_builds_the_missing_index(
-        db, empty_db, settings, tmp_path, capsys):  # noqa: F811
+        db, empty_db, settings, tmp_path, capsys, monkeypatch):  # noqa: F811
     source = open_storage(settings)
     _add(db, 300, seed=7, storage=source)
     archive = tmp_path / "b.zip"
@@ -150,3 +150,14 @@ def test_a_killed_restore_leaves_whole_references_and_doctor_builds_the_missing_
     assert raiox_cli._index_check(empty_db, repair=True).startswith("1 rebuilt")
     assert _index_oid(empty_db) is not None and empty_db.unindexed_models() == {}
     _searches_agree_with_exact(empty_db, _unit(3, seed=97))
+
+    # Run again, it finishes the restore, and measures the recall probe for what it wrote.
+    for name, value in env.items():
+        if name.startswith("RAIOX_"):
+            monkeypatch.setenv(name, value)
+    capsys.readouterr()
+    assert raiox_cli.main(["restore", str(archive)]) == 0
+    out = capsys.readouterr().out
+    assert f"Restored {300 - restored} references ({restored} already present)" in out
+    assert f"Search recall: {MODEL}: exact scans (a set this small is scanned exactly)" in out
+    assert empty_db.unindexed_models() == {} and empty_db.stats()["embedding_models"][MODEL] == 300
