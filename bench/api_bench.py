@@ -130,7 +130,7 @@ def _summary(runs: list[dict]) -> dict:
 def run(env: BenchEnv, n_references: int, queries: list[bytes], requests: int, rounds: int) -> dict:
     """Both ways of serving (one image per encoder call; the match queue), each with 1 and 16 clients, in
     `rounds` back-to-back rounds: the VM's speed drifts within minutes, so each round sees one machine state."""
-    references.load(env, n_references, n_references)  # the server searches the loaded model's own partition
+    references.load(env, n_references, n_references, kinds=())  # the server searches the loaded model's own partition
     _, key = create_key(env.db, "bench-api", "match")
     ways = {"one_at_a_time": False, "batching": True}
     runs: dict[tuple[str, int], list[dict]] = {(way, c): [] for way in ways for c in CLIENTS}

@@ -6,6 +6,11 @@ Vectors come in two kinds, both unit length and 512-d:
   plus variation inside a 32-dimensional subspace of that model (pose, exposure, diameter) plus a little
   isotropic noise. Neighbours are meaningful and HNSW's graph has structure to exploit.
 - "uniform": independent random directions, the worst case for any graph index (no structure at all).
+- "cone": the hard case of radiograph embeddings: 2,000 small clusters inside a narrow cone (any two
+  vectors at cosine ~0.54), each vector's nearest neighbour at cosine ~0.76 and its 10th at ~0.75, so
+  the true 10 barely stand out from the next hundred.
+- "radiographs": the loaded model's own vectors of rendered synthetic radiographs, and copies of them
+  moved off by a random step (cosine ~0.95 to their image's vector, as another X-ray of the same implant).
 Queries are fresh draws from the same distribution, never rows of the table.
 """
 
@@ -113,3 +118,35 @@ class ClusterModel:
 def uniform(n: int, seed: int) -> np.ndarray:
     """n independent random unit vectors."""
     return _unit(np.random.default_rng(seed).standard_normal((n, DIM), dtype=np.float32))
+
+
+@dataclass
+class Cone:
+    """Cluster centres of the "cone" distribution (see the module's docstring)."""
+
+    centres: np.ndarray  # (clusters, DIM) unit
+
+    @classmethod
+    def make(cls, seed: int = 0, clusters: int = 2_000, spread: float = 0.6) -> "Cone":
+        rng = np.random.default_rng(seed)
+        axis = _unit(rng.standard_normal((1, DIM)))
+        return cls(_unit(axis + spread * _unit(rng.standard_normal((clusters, DIM)))))
+
+    def sample(self, n: int, seed: int, noise: float = 0.6) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        picked = rng.integers(0, len(self.centres), n)
+        out = np.empty((n, DIM), dtype=np.float32)
+        for start in range(0, n, 20_000):
+            m = picked[start : start + 20_000]
+            out[start : start + len(m)] = _unit(self.centres[m] + noise * _unit(rng.standard_normal((len(m), DIM))))
+        return out
+
+
+def perturbed_copies(bases: np.ndarray, n: int, seed: int, step: float = 0.33) -> np.ndarray:
+    """n unit vectors, each a random base vector moved by a random step of length `step` (cosine ~0.95)."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, bases.shape[1]), dtype=np.float32)
+    for start in range(0, n, 20_000):
+        m = rng.integers(0, len(bases), min(20_000, n - start))
+        out[start : start + len(m)] = _unit(bases[m] + step * _unit(rng.standard_normal((len(m), bases.shape[1]))))
+    return out

@@ -26,7 +26,7 @@ def _mark(marks: dict, name: str) -> None:
     marks[name] = {"rss_mb": round(_status_kb("VmRSS") / 1024, 1), "peak_mb": round(_status_kb("VmHWM") / 1024, 1)}
 
 
-def main(query_dir: str, matches: int) -> dict:
+def main(query_dir: str, matches: int, explorer: bool = True) -> dict:
     marks: dict = {}
     _mark(marks, "python")
     import numpy as np
@@ -52,15 +52,17 @@ def main(query_dir: str, matches: int) -> dict:
     db.stats()
     db.list(limit=100)
     _mark(marks, "after_matches")
-    rows = db.embeddings(embedder.embedding_model)  # the explorer's data: every reference with its vector
-    matrix = np.stack([r["embedding"] for r in rows])
-    _mark(marks, "explorer_matrix")
-    del rows
+    references = db.count()
+    if explorer:
+        rows = db.embeddings(embedder.embedding_model)  # the explorer's data: every reference with its vector
+        matrix = np.stack([r["embedding"] for r in rows])
+        _mark(marks, "explorer_matrix")
+        del rows, matrix
     db.close()
-    return {"references": int(len(matrix)), "matches": matches, "storage": storage.description.split(":")[0],
-            "marks": marks, "peak_mb": marks["explorer_matrix"]["peak_mb"],
+    return {"references": references, "matches": matches, "storage": storage.description.split(":")[0],
+            "marks": marks, "peak_mb": marks["explorer_matrix" if explorer else "after_matches"]["peak_mb"],
             "peak_serving_mb": marks["after_matches"]["peak_mb"]}
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1], int(sys.argv[2]))))
+    print(json.dumps(main(sys.argv[1], int(sys.argv[2]), explorer=sys.argv[3:] != ["no-explorer"])))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -53,6 +53,8 @@ class BenchSizes:
     api_requests: int  # per way of serving, client count and round
     api_rounds: int
     train_references: tuple[int, ...] = ()  # `raiox train` (adapter cross-validation) at these sizes
+    radiograph_images: int = 2_000  # rendered and encoded for the "radiographs" search distribution
+    restore_references: int = 100_000  # `raiox restore` of an archive this big (bulk section)
 
 
 FULL = BenchSizes(ingest_images=500, ingest_batch_sizes=(8, 16, 32), ingest_rounds=5, n_small=10_000, n_large=100_000,
@@ -63,7 +65,15 @@ FULL = BenchSizes(ingest_images=500, ingest_batch_sizes=(8, 16, 32), ingest_roun
 QUICK = BenchSizes(ingest_images=40, ingest_batch_sizes=(16,), ingest_rounds=1, n_small=500, n_large=2_000, match_queries=30,
                    stage_queries=5, search_queries=30, encoder_images=16, encoder_batch_sizes=(1, 16),
                    encoder_min_seconds=0.5, memory_matches=3, query_images=8, cold_numba=False,
-                   cli_runs=1, api_requests=32, api_rounds=1, train_references=(200,))
+                   cli_runs=1, api_requests=32, api_rounds=1, train_references=(200,),
+                   radiograph_images=48, restore_references=2_000)
+
+
+# `raiox bench --scale 1m`: only what changes with the reference count (not in the test suite; the loads, the
+# index builds and the exact ground truth at 1M take most of an hour on 2 cores).
+SCALES = {"1m": 1_000_000}
+SCALE_KINDS = ("cone",)  # beside the clustered partition: the hard distribution
+SCALE_QUERIES = 100
 
 
 def _section(report: dict, name: str, fn, *args, **kwargs):
@@ -83,15 +93,19 @@ def _section(report: dict, name: str, fn, *args, **kwargs):
     return result
 
 
-def run_bench(settings: Settings, quick: bool = False, json_path: str | None = None) -> int:
-    """Run every section at full (or quick) sizes; write JSON + markdown; return the exit code."""
-    from . import (api_bench, cli_bench, encoder_bench, explain_bench, explorer_bench, ingest_bench, match_bench,
+def run_bench(settings: Settings, quick: bool = False, json_path: str | None = None, scale: str | None = None) -> int:
+    """Run every section at full (or quick) sizes, or the reference-count sections at a `scale` of SCALES;
+    write JSON + markdown; return the exit code."""
+    from . import (api_bench, bulk_bench, cli_bench, encoder_bench, explain_bench, explorer_bench, ingest_bench, match_bench,
                    memory_bench, references, search_bench, train_bench)
     from .env import BenchEnv
 
     import torch
 
     sizes = QUICK if quick else FULL
+    if scale:
+        sizes = replace(FULL, n_large=SCALES[scale], match_queries=SCALE_QUERIES, search_queries=SCALE_QUERIES,
+                        memory_matches=10, query_images=20)
     started = datetime.now(timezone.utc)
     report: dict = {
         "schema": 1, "quick": quick, "started": started.isoformat(timespec="seconds"),
@@ -116,19 +130,25 @@ def run_bench(settings: Settings, quick: bool = False, json_path: str | None = N
             "hnsw_ef_construction": dbmod.HNSW_EF_CONSTRUCTION, "ef_search_default": dbmod.DEFAULT_EF_SEARCH,
             "exact_search_max_rows": dbmod.EXACT_SEARCH_MAX_ROWS, **{f"pg_{k}": v for k, v in db_facts.items()},
         }
+        if scale:
+            _scale_sections(report, env, sizes, queries)
+            return _finish(report, wall, quick, json_path, scale)
         images = [_decoded(png) for png in queries[: sizes.encoder_images]]
         images += [_decoded(png) for _, png in files[: max(0, sizes.encoder_images - len(images))]]
         _section(report, "encoder", encoder_bench.run, env.embedder, images, sizes.encoder_min_seconds,
                  sizes.encoder_batch_sizes)
         _section(report, "ingest", ingest_bench.run, env, files, sizes.ingest_batch_sizes, sizes.ingest_rounds)
-        sets = _section(report, "references", lambda: references.load(env, sizes.n_small, sizes.n_large))
+        sets = _section(report, "references", lambda: references.load(env, sizes.n_small, sizes.n_large,
+                                                                               sizes.radiograph_images))
         if sets is not None:
             report["figures"]["references"] = sets.figures
             _section(report, "match", match_bench.run, env, sets, queries, sizes.match_queries, sizes.stage_queries)
-            _section(report, "search", search_bench.run, env.db, sets, sizes.search_queries)
+            _section(report, "search", search_bench.run, env.db, sets, sizes.search_queries, env.settings.target_recall)
             _section(report, "explorer", explorer_bench.run, env, sets, sizes.cold_numba)
             _section(report, "memory", memory_bench.run, env, queries, sizes.memory_matches)
         _section(report, "explain", explain_bench.run, env, files, queries, quick)
+        if sets is not None:  # after every section that searches the reference sets: it ends with a restore
+            _section(report, "bulk", bulk_bench.run, env, sets, sizes.restore_references)
         _section(report, "train", train_bench.run, sizes.train_references)
         _section(report, "cli", cli_bench.run, env, queries[0], sizes.cli_runs)
         # Last: it replaces the reference sets with its own (the served model's partition at n_small).
@@ -136,20 +156,40 @@ def run_bench(settings: Settings, quick: bool = False, json_path: str | None = N
                  sizes.api_rounds)
     finally:
         env.close()
+    return _finish(report, wall, quick, json_path)
+
+
+def _scale_sections(report: dict, env, sizes: BenchSizes, queries: list[bytes]) -> None:
+    """References at the scale, their search (the recall probe tunes each index first), then matches on
+    the tuned index and the memory of the app (no explorer matrix) and of PostgreSQL."""
+    from . import match_bench, memory_bench, references, search_bench
+
+    sets = _section(report, "references", lambda: references.load(env, sizes.n_small, sizes.n_large, kinds=SCALE_KINDS))
+    if sets is None:
+        return
+    report["figures"]["references"] = sets.figures
+    _section(report, "search", search_bench.run, env.db, sets, sizes.search_queries, env.settings.target_recall)
+    _section(report, "match", match_bench.run, env, sets, queries, sizes.match_queries, sizes.stage_queries)
+    _section(report, "memory", memory_bench.run, env, queries, sizes.memory_matches, explorer=False)
+
+
+def _finish(report: dict, wall: float, quick: bool, json_path: str | None, scale: str | None = None) -> int:
     report["load"]["after"] = loadavg()
     report["duration_s"] = round(time.perf_counter() - wall, 1)
     report["targets"] = reporting.judge(report["figures"], full=not quick)
     report["notes"].append(
         "Reference vectors are synthetic (see bench/data.py): 'clustered' = 24 model centroids + variation in a "
-        "32-d subspace per model + isotropic noise; 'uniform' = random directions. Queries for (b) are real "
-        "radiographs embedded by the loaded model; for (c) fresh draws from the same distribution.")
+        "32-d subspace per model + isotropic noise; 'uniform' = random directions; 'cone' = 2,000 small clusters "
+        "in a narrow cone; 'radiographs' = perturbed copies of the loaded model's vectors of rendered radiographs. "
+        "Queries for (b) are real radiographs embedded by the loaded model; for (c) fresh draws from the same "
+        "distribution.")
     report["notes"].append(_load_note(report["load"]["before"]))
     if quick:
         report["notes"].append("Quick sizes: the figures prove the bench runs; targets are not judged.")
     json_file = Path(json_path) if json_path else None
     md_file = None
     if not quick:
-        json_result, md_file = result_files(report["machine"]["slug"])
+        json_result, md_file = result_files(report["machine"]["slug"] + (f"-{scale}" if scale else ""))
         reporting.write(report, json_result, md_file)
     reporting.write(report, json_file, None)
     print(reporting.markdown(report))

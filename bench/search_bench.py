@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from raiox_core import recall
 from raiox_core.db import EXACT_SEARCH_MAX_ROWS, Filters
 
 from . import data
@@ -34,12 +35,21 @@ def _recall(found: list[list[int]], truth: list[list[int]]) -> float:
     return float(np.mean([len(set(f) & set(t)) / max(1, len(t)) for f, t in zip(found, truth)]))
 
 
-def _partition(db, embedding_model: str, queries: np.ndarray, ef_values: tuple[int, ...]) -> dict:
+def _partition(db, embedding_model: str, queries: np.ndarray, ef_values: tuple[int, ...], target: float) -> dict:
+    """Recall@10 and latency per ef_search, and of the default search once the recall probe has tuned it."""
     truth, exact_s = _run_queries(db, embedding_model, queries, exact=True)
-    out = {"exact": summarize(exact_s), "hnsw": {}}
+    similarity = [[r["similarity"] for r in db.search(q, embedding_model, k=K, exact=True)] for q in queries[:50]]
+    out = {"exact": summarize(exact_s), "nn_cosine": round(float(np.mean([s[0] for s in similarity])), 3),
+           "tenth_cosine": round(float(np.mean([s[-1] for s in similarity])), 3), "hnsw": {}}
     for ef in ef_values:
         found, seconds = _run_queries(db, embedding_model, queries, ef_search=ef)
         out["hnsw"][str(ef)] = {"recall_at_10": round(_recall(found, truth), 4), **summarize(seconds)}
+    start = time.perf_counter()
+    tuning = recall.probe(db, embedding_model, target)
+    probe_s = time.perf_counter() - start
+    found, seconds = _run_queries(db, embedding_model, queries)
+    out["default"] = {"target": target, "tuned": tuning.describe(), "probe_s": round(probe_s, 1),
+                      "recall_at_10": round(_recall(found, truth), 4), **summarize(seconds)}
     return out
 
 
@@ -57,14 +67,17 @@ def _filtered(db, embedding_model: str, queries: np.ndarray, filters: Filters, t
     }
 
 
-def run(db, sets: ReferenceSets, n_queries: int, seed: int = 11) -> dict:
-    """Recall and latency on the large clustered and uniform partitions, and two filtered searches."""
+def run(db, sets: ReferenceSets, n_queries: int, target: float, seed: int = 11) -> dict:
+    """Recall and latency on the large partitions of every distribution, and two filtered searches."""
     query_labels = data.labels(n_queries, seed)
     queries = {"clustered": sets.clusters.sample(query_labels.model, seed + 1),
-               "uniform": data.uniform(n_queries, seed + 2)}
-    out = {"k": K, "vectors": sets.n_large, "queries": n_queries,
-           "clustered": _partition(db, sets.embedding_models["large"], queries["clustered"], EF_SEARCH),
-           "uniform": _partition(db, sets.embedding_models["uniform"], queries["uniform"], EF_SEARCH)}
+               "uniform": data.uniform(n_queries, seed + 2), "cone": sets.cone.sample(n_queries, seed + 3)}
+    if len(sets.radiograph_bases):
+        queries["radiographs"] = data.perturbed_copies(sets.radiograph_bases, n_queries, seed + 4)
+    partition = {"clustered": "large", "uniform": "uniform", "cone": "cone", "radiographs": "radiographs"}
+    out = {"k": K, "vectors": sets.n_large, "queries": n_queries, "radiograph_images": len(sets.radiograph_bases),
+           **{kind: _partition(db, sets.embedding_models[key], queries[kind], EF_SEARCH, target)
+              for kind, key in partition.items() if key in sets.vectors}}
     # One manufacturer of eight (about 1/8 of the rows) and a wider diameter filter (about 1/3): at 100k
     # the first takes the exact path and the second the HNSW path with a raised ef_search.
     large = sets.embedding_models["large"]

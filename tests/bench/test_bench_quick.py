@@ -73,5 +73,30 @@ def test_quick_bench_produces_every_figure(tmp_path):
         for ef in ("20", "40", "100"):
             row = report["figures"]["search"][part]["hnsw"][ef]
             assert 0 < row["recall_at_10"] <= 1 and _positive(row["p50_ms"]) and _positive(row["p95_ms"])
-    assert all(t["value"] is not None and t["met"] is None for t in report["targets"])  # quick: not judged
+    assert all(t["met"] is None for t in report["targets"])  # quick: not judged
+    assert all(t["value"] is not None for t in report["targets"] if t["id"] not in ("m1", "m2"))  # m: at 1M only
     assert "## Targets" in reporting.markdown(report)
+    assert "### (l) Bulk writes" in reporting.markdown(report)
+
+
+@pytest.mark.slow
+def test_the_scale_run_measures_references_search_match_and_memory(tmp_path, monkeypatch):
+    """`raiox bench --scale 1m`'s path at 3,000 references: the figures it reports, and its own result files."""
+    from bench import run as bench_run
+
+    monkeypatch.setattr(bench_run, "SCALES", {"1m": 3_000})
+    monkeypatch.setattr(bench_run, "SCALE_QUERIES", 8)
+    monkeypatch.setattr(bench_run, "RESULTS_DIR", tmp_path / "results")
+    out = tmp_path / "scale.json"
+    settings = Settings(data_dir=tmp_path / "data", pretrained="none", device="cpu")
+    assert run_bench(settings, json_path=str(out), scale="1m") == 0
+    report = json.loads(out.read_text())
+    assert report["errors"] == {} and set(report["figures"]) == {"references", "search", "match", "memory"}
+    figures = report["figures"]
+    assert figures["references"]["large"]["vectors"] == 3_000 and set(figures["search"]) >= {"clustered", "cone"}
+    assert "uniform" not in figures["search"] and figures["match"][-1]["references"] == 3_000
+    assert 0 < figures["search"]["cone"]["default"]["recall_at_10"] <= 1
+    assert _positive(figures["memory"]["peak_serving_mb"]) and _positive(figures["memory"]["postgres_pss_mb"])
+    assert "explorer_matrix" not in figures["memory"]["marks"]
+    assert [p.name for p in sorted((tmp_path / "results").iterdir())] == [
+        f"{report['machine']['slug']}-1m.json", f"{report['machine']['slug']}-1m.md"]
