@@ -618,6 +618,7 @@ def _demo_embedder(s: Session) -> None:
 
 
 def cmd_demo(args, s: Session) -> int:
+    s.encode_only = True  # the seed only encodes: its load stores the tower that the suggested `raiox match` uses
     _demo_embedder(s)
     added = seed_demo(s)
     stats = s.db.stats()
