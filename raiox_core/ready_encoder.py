@@ -135,7 +135,8 @@ def save(cache_dir: Path, key: dict, visual, packed: list, pixels, facts: dict) 
         with atomic_file(path) as f, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript's deprecation notice
             torch.jit.save(traced, f, _extra_files={FACTS: json.dumps({**facts, "key": key})})
-    except (RuntimeError, OSError, TypeError, ValueError) as exc:  # an untraceable tower, a full or read-only disk
+    # An untraceable tower, a torch without TorchScript, a full or read-only disk: the full load stands.
+    except (RuntimeError, OSError, TypeError, ValueError, AttributeError, NotImplementedError) as exc:
         log.warning("Could not store a ready-made encoder in %s (%s): one-off loads stay full loads.", path.parent, exc)
         return False
     for older in path.parent.glob(f"{path.name.split('-')[0]}-*.pt"):  # the same weights' files of older keys
