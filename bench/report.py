@@ -254,7 +254,7 @@ def _details(f: dict) -> list[str]:
         out += [f"### (i) One image from the shell: `raiox match IMAGE`, {cli['runs']} run(s) each, {cli['weights']} "
                 "weights", "", "| cache dir | median s | min s | max s | CPU s (median) |", "|---|---|---|---|---|"]
         for name, what in (("cold", "empty (the int8 check runs, the tower is built)"),
-                           ("first_after_demo", "as `raiox demo` left it (check read, tower built)"),
+                           ("first_after_demo", "as `raiox demo` left it (the first match after the demo)"),
                            ("warm", "with the ready-made tower (every later match)"),
                            ("no_model", "`raiox stats` (no model: start-up and database only)")):
             if r := cli.get(name):
