@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import json
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 from . import packaged, process
@@ -137,14 +140,27 @@ class Session:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self._db = self._storage = self._embedder = None
+        self._db = self._storage = self._embedder = self._db_opening = None
+        self.encode_only = False  # set by commands that only encode: a stored ready-made tower will do
+
+    def open_db_in_background(self) -> None:
+        """Start opening the database in a thread: the embedded server starts (a subprocess, waited on without
+        the GIL) while this thread imports torch; `db` waits for it and raises what it raised."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .db import open_database
+
+        pool = ThreadPoolExecutor(1, thread_name_prefix="raiox-db")
+        self._db_opening = pool.submit(open_database, self.settings)
+        pool.shutdown(wait=False)  # the thread ends with its one job
 
     @property
     def db(self):
         if self._db is None:
             from .db import open_database
 
-            self._db = open_database(self.settings)
+            opening, self._db_opening = self._db_opening, None
+            self._db = opening.result() if opening is not None else open_database(self.settings)
         return self._db
 
     @property
@@ -161,7 +177,8 @@ class Session:
             from .adapter import with_active_adapter
             from .model_state import UNTRAINED, load_model_state
 
-            state = with_active_adapter(load_model_state(self.settings), lambda: self.db, self.settings)
+            state = with_active_adapter(load_model_state(self.settings, self.encode_only), lambda: self.db,
+                                        self.settings)
             self._embedder = state.require()
             if state.status == UNTRAINED:
                 _err(f"warning: UNTRAINED weights ({state.embedding_model}); matches are not meaningful. {state.reason}")
@@ -174,6 +191,9 @@ class Session:
         return ImageLimits.from_settings(self.settings)
 
     def close(self):
+        if self._db_opening is not None:  # opened in the background, never used: wait for it, to close it
+            with contextlib.suppress(RaioxError):  # the command stopped before it needed the database
+                self.db
         if self._db is not None:
             self._db.close()
 
@@ -209,9 +229,13 @@ def cmd_match(args, s: Session) -> int:
     from .match import Refusal, match_files, resolve_manufacturer
     from .threshold import ThresholdPolicy
 
-    filters = Filters(manufacturer=resolve_manufacturer(s.db, args.manufacturer))  # "zimmer" means Zimmer
-    answers = match_files([(name, Path(name).read_bytes) for name in args.images], limits=s.limits, db=s.db,
-                          embedder=lambda: s.embedder, threshold=ThresholdPolicy(s.settings, s.db), k=args.k, filters=filters)
+    s.encode_only = True  # a one-off match: the ready-made tower (ready_encoder) spares it open_clip's import
+    s.open_db_in_background()
+    with _one_torch_thread():
+        filters = Filters(manufacturer=resolve_manufacturer(s.db, args.manufacturer))  # "zimmer" means Zimmer
+        answers = match_files([(name, Path(name).read_bytes) for name in args.images], limits=s.limits, db=s.db,
+                              embedder=lambda: s.embedder, threshold=ThresholdPolicy(s.settings, s.db), k=args.k,
+                              filters=filters)
     if args.json:
         print(json.dumps([a.to_json() for a in answers], indent=2, ensure_ascii=False))
     else:
@@ -221,6 +245,24 @@ def cmd_match(args, s: Session) -> int:
             else:
                 _print_match(answer)
     return EXIT_REFUSED if any(isinstance(a, Refusal) for a in answers) else EXIT_OK
+
+
+@contextlib.contextmanager
+def _one_torch_thread():
+    """Encode on one torch thread unless OMP_NUM_THREADS says otherwise: `raiox match` encodes one image at a
+    time, where a second thread gains little and, when another process holds the other core, costs up to seconds
+    in spin-waits (bench/README.md, section i)."""
+    import torch
+
+    if "OMP_NUM_THREADS" in os.environ:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _print_match(result) -> None:
@@ -592,6 +634,7 @@ def _demo_embedder(s: Session) -> None:
 
 
 def cmd_demo(args, s: Session) -> int:
+    s.encode_only = True  # the seed only encodes: its load stores the tower that the suggested `raiox match` uses
     _demo_embedder(s)
     added = seed_demo(s)
     stats = s.db.stats()
@@ -688,5 +731,21 @@ def main(argv: list[str] | None = None) -> int:
             session.close()
 
 
+def run() -> None:
+    """The `raiox` entry point: main(), then the exit. After `raiox match` the exit skips the interpreter's
+    teardown, which torch makes cost ~0.4 s (bench/README.md, section i): by then the answers are printed, the
+    match log is committed and the database closed; the atexit handlers (the embedded server's stop, logging's
+    flush) still run, and only once no other thread is left."""
+    argv = sys.argv[1:]
+    code = main(argv)
+    if argv[:1] == ["match"] and threading.active_count() == 1:
+        atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more can be said there
+                stream.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

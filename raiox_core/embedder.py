@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from . import int8_verdicts
+from . import int8_verdicts, ready_encoder
 from .errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -41,14 +41,19 @@ class Embedder:
     trained: bool
     int8: object = field(default=None, repr=False)  # quantise.Int8Tower when it passed the probe check
     int8_min_cosine: float | None = None  # worst probe cosine int8 vs fp32, when int8 was checked
+    traced_precision: str | None = None  # a ready-made tower's (ready_encoder): it runs only what it was traced with
 
     @property
     def precision(self) -> str:
         """What encode runs: "int8" (per-token int8 matmuls, see raiox_core.quantise) or "fp32"."""
+        if self.traced_precision is not None:
+            return self.traced_precision
         return "int8" if self.int8 is not None and self.int8.active else "fp32"
 
     def fp32(self):
         """A context in which encode runs the fp32 weights (comparisons and the bench; not thread-safe)."""
+        if self.traced_precision == "int8":
+            raise RuntimeError("a ready-made int8 encoder has no fp32 path: load it without ready_made")
         return self.int8.fp32() if self.int8 is not None else nullcontext()
 
     def to_tensor(self, images: Sequence[Image.Image]):
@@ -278,22 +283,61 @@ def _untrained_create_kwargs(model: str) -> dict:
     return {"text_cfg": dict(_TINY_TEXT)}
 
 
+def _ready_key(model: str, pretrained: str, precision: str, digest: str | None) -> dict:
+    weights = _weights_identity(model, pretrained, digest)
+    return ready_encoder.key(int8_verdicts.check_key(weights, INT8_MIN_COSINE, INT8_CHECK_VERSION), precision)
+
+
+def _load_ready(model: str, pretrained: str, precision: str, cache_dir: Path) -> Embedder | None:
+    """The stored ready-made tower of these weights (ready_encoder), or None: then the full load follows."""
+    path = Path(pretrained).expanduser()
+    from_file = pretrained.lower() != UNTRAINED and path.is_file()  # as the full load decides
+    digest = _file_digest(path) if from_file else None
+    found = ready_encoder.load(cache_dir, _ready_key(model, pretrained, precision, digest))
+    if found is None:
+        return None
+    tower, facts = found
+    if not facts["trained"]:
+        log.warning("Raiox is using UNTRAINED %s weights: matches are not meaningful.", model)
+    return Embedder(tower, facts["embedding_model"], facts["dim"], facts["image_size"],
+                    np.asarray(facts["mean"], dtype=np.float32), np.asarray(facts["std"], dtype=np.float32), "cpu",
+                    facts["trained"], int8_min_cosine=facts["int8_min_cosine"], traced_precision=facts["precision"])
+
+
+def _save_ready(embedder: Embedder, precision: str, cache_dir: Path, digest: str | None,
+                model: str, pretrained: str) -> None:
+    """Store the loaded tower for later one-off loads (ready_encoder), checked on two probe images."""
+    pixels = embedder.to_tensor(probe_images()[:2])
+    facts = {"embedding_model": embedder.embedding_model, "dim": embedder.dim, "image_size": embedder.image_size,
+             "mean": embedder.mean.tolist(), "std": embedder.std.tolist(), "trained": embedder.trained,
+             "precision": embedder.precision, "int8_min_cosine": embedder.int8_min_cosine}
+    packed = embedder.int8.packed_weights() if embedder.precision == "int8" else []
+    ready_encoder.save(cache_dir, _ready_key(model, pretrained, precision, digest), embedder.model.visual, packed,
+                       pixels, facts)
+
+
 def load_embedder(model: str = "ViT-B-32", pretrained: str = "laion2b_s34b_b79k", device: str = "auto",
-                  precision: str = "auto", cache_dir: Path | None = None) -> Embedder:
+                  precision: str = "auto", cache_dir: Path | None = None, ready_made: bool = False) -> Embedder:
     """Create the OpenCLIP model once; the caller caches it (the app with st.cache_resource).
 
     precision "auto" encodes with int8 matmuls on CPU when they pass the probe check (see _try_int8),
     "fp32" always in fp32. `cache_dir`: where the probe check's verdict is kept for later loads (None: the
-    check runs at every load).
+    check runs at every load). `ready_made` (with a cache_dir, on CPU): an encoder that only encodes will do,
+    so the tower stored by an earlier such load is used when there is one (ready_encoder: no open_clip import,
+    no model construction), and one is stored after a full load; its vectors are the full model's.
     """
-    import open_clip
     import torch
 
-    if model not in open_clip.list_models():
-        raise ModelLoadError(f"Unknown OpenCLIP model {model!r}; see open_clip.list_models() for the names.")
     if precision not in PRECISIONS:
         raise ModelLoadError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}.")
     device = _resolve_device(device)
+    ready_made = ready_made and cache_dir is not None and device == "cpu"
+    if ready_made and (found := _load_ready(model, pretrained, precision, cache_dir)) is not None:
+        return found
+    import open_clip
+
+    if model not in open_clip.list_models():
+        raise ModelLoadError(f"Unknown OpenCLIP model {model!r}; see open_clip.list_models() for the names.")
     trained = pretrained.lower() != UNTRAINED
     path = Path(pretrained).expanduser()
     if trained and not path.is_file():
@@ -324,10 +368,12 @@ def load_embedder(model: str = "ViT-B-32", pretrained: str = "laion2b_s34b_b79k"
     embedder = Embedder(clip, embedding_model_for(model, pretrained, digest), dim, size, mean, std, device, trained)
     if precision == "auto":
         _try_int8(embedder, cache_dir, _weights_identity(model, pretrained, digest))
+    if ready_made:
+        _save_ready(embedder, precision, cache_dir, digest, model, pretrained)
     return embedder
 
 
-def load_from_settings(settings) -> Embedder:
+def load_from_settings(settings, ready_made: bool = False) -> Embedder:
     """load_embedder with the configured model, weights, device and precision, caching in the cache dir."""
     return load_embedder(settings.model, settings.pretrained, settings.device, settings.precision,
-                         settings.effective_cache_dir)
+                         settings.effective_cache_dir, ready_made)

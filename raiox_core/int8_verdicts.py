@@ -34,23 +34,34 @@ class Verdict:
     min_cosine: float
 
 
-def _sources_digest() -> str:
+def sources_digest(names=_CHECKED_SOURCES) -> str:
+    """SHA-256 of raiox_core source files: a cached result made by other code is not this code's."""
     digest = hashlib.sha256()
-    for name in _CHECKED_SOURCES:
+    for name in names:
         digest.update((Path(__file__).with_name(name)).read_bytes())
     return digest.hexdigest()
 
 
 def check_key(weights: str, threshold: float, check_version: int) -> dict:
     """Everything a verdict depends on. `weights` names the weights exactly: tag, file digest, or seed."""
-    import open_clip
     import torch
 
     return {
         "layout": LAYOUT, "weights": weights, "threshold": threshold, "check_version": check_version,
         "cpu": cpu.model_name(), "cpu_flags": cpu.vector_flags(), "torch_cpu_capability": _cpu_capability(torch),
-        "torch": torch.__version__, "open_clip": open_clip.__version__, "code": _sources_digest(),
+        "torch": torch.__version__, "open_clip": _open_clip_version(), "code": sources_digest(),
     }
+
+
+def _open_clip_version() -> str:
+    # From the installed distribution's metadata: a cached encoder (ready_encoder) is found without importing
+    # open_clip, which costs seconds (torchvision, torch._dynamo).
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("open_clip_torch")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _cpu_capability(torch) -> str:

@@ -51,18 +51,19 @@ def _fix_for(reason: str) -> str | None:
     return None if "RAIOX_PRETRAINED" in reason else WEIGHTS_FIX
 
 
-def load_model_state(settings) -> ModelState:
+def load_model_state(settings, ready_made: bool = False) -> ModelState:
     """Load the configured model and say what came of it; never raises ModelLoadError.
 
     With `settings.untrained_fallback` (what `raiox demo` sets), weights that cannot be loaded give an
-    untrained model instead, and the reason says so.
+    untrained model instead, and the reason says so. `ready_made`: an encoder that only encodes will do
+    (embedder.load_embedder).
     """
     try:
-        embedder = load_from_settings(settings)
+        embedder = load_from_settings(settings, ready_made)
     except ModelLoadError as exc:
         if not settings.untrained_fallback:
             return ModelState(UNAVAILABLE, embedding_model_for(settings.model, settings.pretrained), str(exc), _fix_for(str(exc)))
-        embedder = load_from_settings(settings.with_(pretrained="none"))
+        embedder = load_from_settings(settings.with_(pretrained="none"), ready_made)
         reason = (f"The configured weights {settings.pretrained!r} could not be loaded, so `raiox demo` fell back to "
                   f"untrained ones: {exc}")
         return ModelState(UNTRAINED, embedder.embedding_model, reason, _fix_for(str(exc)), embedder)

@@ -46,13 +46,18 @@ class _RowInt8Linear:
         self.packed, self.bias = _pack(weight, bias)
         self.guard = torch.linspace(-1.0, 1.0, weight.shape[1])  # spans [-1, 1]: pins fbgemm's range
 
+    @property
+    def linears(self) -> tuple:
+        return (self,)
+
     def __call__(self, x):
         import torch
 
         shape = x.shape
         rows = x.reshape(-1, shape[-1])
         scale = rows.abs().amax(dim=1, keepdim=True).clamp_min_(1e-12)  # faster than aminmax or an inf-norm
-        pinned = torch.empty(len(rows) + 1, shape[-1], dtype=rows.dtype)
+        # shape[0], not len(): a traced tower (raiox_core.ready_encoder) then keeps the batch size variable
+        pinned = torch.empty(rows.shape[0] + 1, shape[-1], dtype=rows.dtype)
         torch.div(rows, scale, out=pinned[:-1])
         pinned[-1] = self.guard
         out = torch.ops.quantized.linear_dynamic(pinned, self.packed, REDUCE_RANGE)[:-1]
@@ -78,6 +83,7 @@ def _attention_forward(attn):
         out = out_proj(mixed.transpose(1, 2).reshape(batch, tokens, width))
         return (out if batch_first else out.transpose(0, 1)), None
 
+    forward.linears = (in_proj, out_proj)
     return forward
 
 
@@ -105,6 +111,7 @@ def _patch_forward(conv):
         out = linear(patches.reshape(batch * rows * cols, channels * side * side))
         return out.reshape(batch, rows, cols, -1).permute(0, 3, 1, 2)  # the convolution's (n, c, h, w) layout
 
+    forward.linears = (linear,)
     return forward
 
 
@@ -123,6 +130,11 @@ class Int8Tower:
             self._forwards.append((block.mlp.c_fc, _linear_forward(block.mlp.c_fc)))
             self._forwards.append((block.mlp.c_proj, _linear_forward(block.mlp.c_proj)))
         self.active = False
+
+    def packed_weights(self) -> list:
+        """fbgemm's packed weights of every int8 forward: a traced tower (raiox_core.ready_encoder) must hold
+        them as attributes of a module it traces, or the tracer cannot record the products that use them."""
+        return [linear.packed for _, forward in self._forwards for linear in forward.linears]
 
     def activate(self) -> None:
         for module, forward in self._forwards:

@@ -27,8 +27,8 @@ def run(tmp_path, pg_url, db):
     env.update(RAIOX_DATABASE_URL=pg_url, RAIOX_DATA_DIR=str(tmp_path / "data"), RAIOX_PRETRAINED="none",
                RAIOX_DEVICE="cpu", HF_HUB_OFFLINE="1")
 
-    def run(*args, **extra_env):
-        proc = subprocess.run([sys.executable, "-m", "raiox_core.cli", *args], capture_output=True, text=True,
+    def run(*args, program=("-m", "raiox_core.cli"), **extra_env):
+        proc = subprocess.run([sys.executable, *program, *args], capture_output=True, text=True,
                               env={**env, **extra_env}, timeout=300, cwd=tmp_path)
         assert "Traceback" not in proc.stderr, proc.stderr
         return proc

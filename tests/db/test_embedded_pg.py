@@ -119,6 +119,16 @@ def test_a_command_on_a_fresh_data_dir_prints_only_its_output_and_leaves_nothing
     _wait_until_nothing_runs(data_dir / "pg")
 
 
+def test_a_match_skips_the_interpreters_teardown_yet_stops_the_server_before_it_exits(data_dir):
+    missing = data_dir / "missing.png"  # refused before any model load: the exit is what is tested
+    proc = subprocess.run([sys.executable, "-m", "raiox_core.cli", "match", str(missing), "--json"],
+                          capture_output=True, text=True, env=_embedded_env(data_dir), timeout=120)
+    assert proc.returncode == 1 and json.loads(proc.stdout)[0]["error"].endswith("."), proc.stderr
+    # Stopped by the command's own exit (pgserver's atexit handler), not a second later by the watchdog.
+    assert embedded_pg.postmaster_pid(data_dir / "pg") is None
+    _wait_until_nothing_runs(data_dir / "pg")
+
+
 def test_a_killed_last_user_leaves_no_server_behind_and_the_next_command_starts(data_dir, holder):
     postmaster = embedded_pg.postmaster_pid(data_dir / "pg")
     assert postmaster is not None
