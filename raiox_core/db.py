@@ -257,9 +257,12 @@ class Database:
 
     def check_index_type(self) -> None:
         """ConfigError when the index type needs a newer pgvector than the server's."""
-        if self.index_type == "halfvec" and _version(self.pgvector_version()) < HALFVEC_SINCE:
+        if self.index_type != "halfvec":
+            return
+        version = self.pgvector_version()
+        if _version(version) < HALFVEC_SINCE:
             raise ConfigError(f"RAIOX_INDEX_TYPE=halfvec needs pgvector 0.7 or newer, and the database at "
-                              f"{self.description} has {self.pgvector_version()}; unset it to index full vectors.")
+                              f"{self.description} has {version}; unset it to index full vectors.")
 
     def ensure_model_index(self, embedding_model: str, dim: int) -> None:
         """One partial HNSW cosine index per embedding_model, so searches of one model never wade through another's."""
