@@ -251,15 +251,16 @@ SELECT count(*) AS n FROM embeddings WHERE embedding_model = %(embedding_model)s
 SELECT dim FROM embeddings WHERE embedding_model = %(embedding_model)s LIMIT 1;
 
 -- name: save-search-tuning
-INSERT INTO search_tuning (embedding_model, ef_search, exact, recall, target, samples, vectors, ladder, index_type)
+INSERT INTO search_tuning (embedding_model, ef_search, exact, recall, target, samples, vectors, ladder, index_type,
+                           recall_low)
 VALUES (%(embedding_model)s, %(ef_search)s, %(exact)s, %(recall)s, %(target)s, %(samples)s, %(vectors)s, %(ladder)s,
-        %(index_type)s)
+        %(index_type)s, %(recall_low)s)
 ON CONFLICT (embedding_model) DO UPDATE SET ef_search = EXCLUDED.ef_search, exact = EXCLUDED.exact,
     recall = EXCLUDED.recall, target = EXCLUDED.target, samples = EXCLUDED.samples, vectors = EXCLUDED.vectors,
-    ladder = EXCLUDED.ladder, index_type = EXCLUDED.index_type, measured_at = now();
+    ladder = EXCLUDED.ladder, index_type = EXCLUDED.index_type, recall_low = EXCLUDED.recall_low, measured_at = now();
 
 -- name: search-tuning
-SELECT embedding_model, ef_search, exact, recall, target, samples, vectors, ladder, measured_at, index_type
+SELECT embedding_model, ef_search, exact, recall, target, samples, vectors, ladder, measured_at, index_type, recall_low
 FROM search_tuning WHERE embedding_model = %(embedding_model)s;
 
 -- name: insert-adapter
