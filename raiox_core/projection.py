@@ -257,6 +257,7 @@ def _fit_umap(x: np.ndarray, params: ProjectionParams, n_neighbors: int, progres
         # "n_jobs value 1 overridden to 1 by setting random_state": intended, for reproducible maps.
         warnings.simplefilter("ignore", UserWarning)
         coords = reducer.fit_transform(x)
+    reducer.tqdm_kwds = {"disable": True}  # the progress file holds the caller's callback: not to be pickled
     _use_exact_transform(reducer)
     return reducer, coords
 

@@ -182,3 +182,24 @@ def test_two_processes_asking_at_once_fit_the_map_once(tmp_path):
     found = [json.loads(r) for r in results]
     assert [f["state"] for f in found] == ["ready", "ready"]
     assert sorted(f["fits"] for f in found) == [0, 1]  # one fitted; the other waited and read the saved map
+
+
+def test_a_umap_map_reporting_epochs_is_saved_and_found_after_a_restart(tmp_path):
+    """The real fit: epoch progress reaches the job, and the reducer (which held the progress file) pickles."""
+    from raiox_core.numba_cache import configure_numba_cache
+
+    configure_numba_cache()
+    vectors, _ = clustered(per=20)
+    ids = np.arange(len(vectors))
+    params = ProjectionParams()
+    first = projection_jobs.request(tmp_path, "m", params, ids=ids, vectors=vectors)
+    seen = set()
+    while not projection_jobs.wait(first.key, timeout=0.2):
+        seen.add(projection_jobs.status(first.key).text.split(":")[0])
+    assert projection_jobs.status(first.key) is None, projection_jobs._jobs[first.key].error
+    assert "Fitting UMAP" in seen
+    projection_cache.clear_memory_cache()
+    projection_jobs.forget_jobs()
+    again = projection_jobs.request(tmp_path, "m", params, ids=ids, vectors=vectors)
+    assert again.state == "ready" and again.projection.source == "disk" and again.projection.method == "umap"
+    assert again.projection.transform(vectors[:1]).shape == (1, 2)
