@@ -19,12 +19,13 @@ def test_pca_preview_with_progress_then_the_umap_map_and_a_reload_keeps_it(brows
     expect_text(page, "being computed in the background", log, timeout_ms=120_000)
     page.locator(PROGRESS).first.wait_for(timeout=30_000)
     assert page.get_by_text("PCA ·").first.is_visible()
-    assert page.locator("[data-testid='stPlotlyChart']").first.is_visible()  # a map to look at meanwhile
+    page.locator("[data-testid='stPlotlyChart']").first.wait_for(timeout=60_000)  # a map to look at meanwhile
 
     # The map replaces the preview when the fit is done (the first UMAP in a server compiles for up to a minute).
     expect_text(page, "n_neighbors=15", log, timeout_ms=300_000)
     wait_idle(page)
-    assert page.locator(PROGRESS).count() == 0, "the progress bar stayed after the map replaced the preview"
+    assert page.locator(PROGRESS).count() == 0, ("progress bars stayed after the map replaced the preview: "
+                                                 f"{page.locator(PROGRESS).all_inner_texts()}")
     assert page.get_by_text("being computed in the background").count() == 0
     assert page.locator("[data-testid='stException']").count() == 0
 
