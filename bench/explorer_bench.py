@@ -25,7 +25,15 @@ def run(env: BenchEnv, sets: ReferenceSets, cold_numba: bool) -> dict:
     warm_wall, warm = run_probe("bench.explorer_probe", [embedding_model, cache_dir], probe_env, timeout_s=300)
     if cold["source"] != "computed" or warm["source"] != "disk":
         raise RuntimeError(f"unexpected cache behaviour: cold {cold['source']}, warm {warm['source']}")
+    scale = {}
+    for key in ("small", "large"):  # 10k and 100k in a full run: first view, UMAP in the background, rerun
+        model = sets.embedding_models[key]
+        numba = {"NUMBA_CACHE_DIR": tempfile.mkdtemp(prefix="raiox-bench-numba-", dir=env.root)} if cold_numba else {}
+        _, scale[str(sets.size(key))] = run_probe(
+            "bench.explorer_scale_probe", [str(sets.size(key)), tempfile.mkdtemp(prefix="maps-", dir=env.root), model],
+            {**probe_env, **numba}, timeout_s=1800)
     return {
+        "scale": scale,
         "points": cold["points"], "method": "UMAP 2-D, n_neighbors 15, min_dist 0.1, cosine (the page's default)",
         "numba_cache": "empty (true cold start)" if cold_numba else "shared with the user (not a cold compile)",
         "cold": {"process_s": round(cold_wall, 2), **cold},

@@ -229,6 +229,13 @@ def _details(f: dict) -> list[str]:
                 f"{enc['int8']['probe_min_cosine']}. int8 GFLOP/s count the fp32 model's FLOPs. ONNX Runtime: "
                 f"{enc['onnxruntime']}. Adopted: {enc['adopted']}.", ""]
     if ex := f.get("explorer"):
+        if scale := ex.get("scale"):
+            out += ["### (e) Explorer at scale: first view (PCA preview), UMAP in the background, rerun", "",
+                    "| references | first view s | UMAP cold s (fit s) | rerun s | points drawn | figure MB | 1-min load |",
+                    "|---|---|---|---|---|---|---|"]
+            out += [f"| {n} | {r['first_view_s']} | {r['umap_cold_s']} ({r['umap_fit_s']}) | {r['rerun_s']} | "
+                    f"{r['points_drawn']} | {r['figure_json_mb']} | {r['load_1min']} |" for n, r in scale.items()]
+            out.append("")
         out += [f"### (e) Explorer, {ex['points']} references, {ex['method']}", "",
                 "| start | process s | fetch rows s | projection s | frame + figure s | view s (excl. imports) |",
                 "|---|---|---|---|---|---|"]

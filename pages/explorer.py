@@ -8,6 +8,8 @@ lasso selection.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import plotly.express as px
@@ -24,10 +26,15 @@ from raiox_core.errors import RaioxError
 from raiox_core.evaluate import TOP_K, Evaluation, evaluate
 from raiox_core.images import prepare_image, thumbnail_png
 from raiox_core.projection import METRICS, ProjectionParams, projection_frame
+from raiox_core import projection_jobs
 from raiox_core.projection_cache import cached_projection, vectors_digest
+from raiox_core.sampling import stratified_sample
 
 MIN_REFERENCES = 5
 MAX_SHOWN = 12  # thumbnails shown for a box/lasso selection
+MAX_POINTS = 20_000  # drawn on the map; above it a sample per model (WebGL draws 20k smoothly, 100k stalls the tab)
+MAX_EVALUATED = 10_000  # the leave-one-out tables cost n² dot products: 1 s at 10k, 100 s at 100k
+POLL_S = 1.0  # how often a page showing the preview looks whether the UMAP map is ready
 MAX_CONFUSION_LABELS = 40  # a larger model confusion matrix shows only the most confused labels
 # One symbol per model, the same in 2-D and 3-D: plotly's 3-D markers are a few glyphs, of which "cross" and
 # "x" come out as thin bars (or an emoji box), so only the filled and open circle, diamond and square are used.
@@ -62,6 +69,21 @@ class _Progress:
             self.status.update(label=text, state="complete", expanded=False)
 
 
+@st.fragment(run_every=POLL_S)
+def _umap_progress(key: str) -> None:
+    """The background fit's progress, redrawn every POLL_S; once the map is ready the whole page reruns to
+    show it (and, drawn no more, this bar goes with that run)."""
+    job = projection_jobs.status(key)
+    if job is None or job.state != "running":
+        st.rerun(scope="app")
+    st.progress(job.fraction, text=job.text)
+
+
+def _stratified(labels: pd.DataFrame, cap: int) -> np.ndarray:
+    """Row indices of a sample per manufacturer + model (all rows under the cap)."""
+    return stratified_sample((labels["manufacturer"] + "\x1f" + labels["model"]).tolist(), cap)
+
+
 @st.cache_data(max_entries=256, show_spinner=False)
 def _thumbnail(object_key: str) -> bytes:
     return thumbnail_png(get_storage().get(object_key), side=200, limits=get_limits())
@@ -83,6 +105,20 @@ def _embed_query(upload, embedding_model: str) -> tuple[np.ndarray, bytes]:
             return embedder.encode_one(prepared.image), thumbnail_png(prepared.png, side=200, limits=get_limits())
 
     return session_memo("explorer_query_embedding", (upload.file_id, embedding_model), compute)
+
+
+def _sampled_evaluation(name: str, labels: pd.DataFrame, vectors: np.ndarray) -> tuple[Evaluation, int]:
+    """The evaluation of a stratified sample of at most MAX_EVALUATED references, and the sample's size."""
+    rows = _stratified(labels, MAX_EVALUATED)
+    subset = labels.iloc[rows][["id", "manufacturer", "model"]].reset_index(drop=True)
+    matrix = vectors[rows] if len(rows) < len(labels) else vectors
+    return _evaluation(name, vectors_digest(subset["id"].to_numpy(), matrix), subset, matrix), len(rows)
+
+
+def _sample_note(evaluated: int, total: int) -> None:
+    if evaluated < total:
+        st.caption(f"Computed on a sample of {evaluated:,} of {total:,} references, drawn per model (every model kept, "
+                   "the largest ones thinned): each is answered by its nearest others within the sample.")
 
 
 @st.cache_data(max_entries=4, show_spinner="Evaluating the clusters (leave-one-out)…")
@@ -121,8 +157,8 @@ def _figure(df: pd.DataFrame, dims: int, query_xy: np.ndarray | None, neighbour_
         fig = px.scatter_3d(df, x="x", y="y", z="z", hover_data={**hover, "z": False}, **common)
         fig.update_traces(marker_size=4)
     else:
-        fig = px.scatter(df, x="x", y="y", hover_data=hover, **common)
-        fig.update_traces(marker_size=9)
+        fig = px.scatter(df, x="x", y="y", hover_data=hover, render_mode="webgl" if len(df) > 1000 else "auto", **common)
+        fig.update_traces(marker_size=9 if len(df) <= 2000 else 4)  # small dots where thousands overlap
     ring = df[df["id"].isin(neighbour_ids)]
     if len(ring):
         trace = go.Scatter3d if dims == 3 else go.Scatter
@@ -196,10 +232,10 @@ def _compare_models(embedding_model: str, labels: pd.DataFrame, vectors: np.ndar
     columns = st.columns(2)
     for col, (name, rows, matrix) in zip(columns, ((embedding_model, labels, vectors), (other, other_labels, other_vectors))):
         keep = rows["id"].isin(common).to_numpy()
-        subset = rows.loc[keep, ["id", "manufacturer", "model"]].reset_index(drop=True)
-        ev = _evaluation(name, vectors_digest(subset["id"].to_numpy(), matrix[keep]), subset, matrix[keep])
+        ev, evaluated = _sampled_evaluation(name, rows.loc[keep].reset_index(drop=True), matrix[keep])
         with col:
             st.markdown(f"**{md_escape(name)}**")
+            _sample_note(evaluated, len(common))
             if "+adapter:" in name:
                 st.caption("An adapter learnt from these very references: its leave-one-out figures flatter it. "
                            "`raiox train` judged it by grouped cross-validation instead.")
@@ -237,15 +273,36 @@ if len(labels) < MIN_REFERENCES:
     st.stop()
 
 params = _controls()
-progress = _Progress()
+cache_dir = settings.data_dir / "projections"
+ids = labels["id"].to_numpy()
+progress_slot = st.empty()  # the same slot every run: emptied on the run that finds the map ready
+job = None
 try:
-    projection = cached_projection(settings.data_dir / "projections", embedding_model, ids=labels["id"].to_numpy(),
-                                   vectors=vectors, params=params, progress=progress)
+    if params.method == "umap":  # fitted in the background; a PCA of the same vectors shows meanwhile
+        job = projection_jobs.request(cache_dir, embedding_model, params, ids=ids, vectors=vectors)
+    if job is not None and job.state == "ready":
+        projection = job.projection
+    else:
+        preview = replace(params, method="pca") if job is not None else params
+        progress = _Progress()  # a status box only when the PCA is computed here, not found cached
+        projection = cached_projection(cache_dir, embedding_model, ids=ids, vectors=vectors, params=preview,
+                                       progress=progress)
+        progress.done(f"PCA map of {len(labels)} references computed in {projection.seconds:.1f} s and cached.")
 except RaioxError as exc:
     show_error(exc)
     st.stop()
-progress.done(f"{projection.method.upper()} map of {len(labels)} references computed in {projection.seconds:.1f} s "
-              "and cached.")
+if job is not None and job.state == "running":
+    with progress_slot.container():
+        st.caption(f"UMAP map of {len(labels)} references being computed in the background"
+                   f"{' by another dashboard process' if job.elsewhere else ''}; the PCA map below shows meanwhile "
+                   "and is replaced when it is ready.")
+        _umap_progress(job.key)
+elif job is not None and job.state == "failed":
+    with progress_slot.container():
+        st.error(f"The UMAP map could not be computed: {job.error} The PCA map is shown instead.")
+        if st.button("Try UMAP again", key="explorer_umap_retry"):
+            projection_jobs.retry(job.key)
+            st.rerun()
 
 df = projection_frame(projection, labels, extra=["source_filename", "object_key"])
 df["label"] = df["manufacturer"] + " " + df["model"]
@@ -257,6 +314,11 @@ if projection.method == "umap":
 st.caption(info + (" · loaded from cache" if projection.source != "computed" else ""))
 if projection.note:
     st.info(projection.note)
+shown_rows = _stratified(df, MAX_POINTS)
+shown_df = df.iloc[shown_rows] if len(shown_rows) < len(df) else df
+if len(shown_df) < len(df):
+    st.caption(f"Showing {len(shown_df):,} of {len(df):,} references on the map, sampled per model (every model "
+               "kept, the largest ones thinned); the download holds them all.")
 
 map_col, side_col = st.columns([3, 1])
 
@@ -281,7 +343,10 @@ with side_col:
             st.image(query_thumb, caption=md_escape(upload.name))
 
 with map_col:
-    event = st.plotly_chart(_figure(df, dims, query_xy, neighbour_ids), width="stretch", key="explorer_map",
+    # The query's neighbours are drawn even when the sample left them out.
+    extra = df[df["id"].isin(neighbour_ids) & ~df["id"].isin(shown_df["id"])]
+    plotted = pd.concat([shown_df, extra]) if len(extra) else shown_df
+    event = st.plotly_chart(_figure(plotted, dims, query_xy, neighbour_ids), width="stretch", key="explorer_map",
                             on_select="rerun", selection_mode=("points", "box", "lasso"))
     if neighbour_ids:  # under the map, not in the narrow side column, which would cut the similarity off
         st.markdown("**Nearest references of the X-ray**")
@@ -302,9 +367,10 @@ with side_col:
     points = event["selection"]["points"] if event else []
     selected = [int(p["customdata"][0]) for p in points if p.get("customdata")]  # the query star has none
     selected = list(dict.fromkeys(selected))  # a neighbour ring duplicates its point
+    names = dict(zip(shown_df["id"].tolist(), shown_df["label"].tolist()))  # one lookup per option, not a scan
     picked = st.selectbox(
-        "Pick a reference", df["id"].tolist(), index=None, key="explorer_pick",
-        format_func=lambda i: f"#{i} · {df.set_index('id').at[i, 'label']}", placeholder="or select points on the map",
+        "Pick a reference", list(names), index=None, key="explorer_pick",
+        format_func=lambda i: f"#{i} · {names[i]}", placeholder="or select points on the map",
     )
     shown = selected or ([picked] if picked is not None else [])
     if shown:
@@ -322,11 +388,11 @@ st.caption(
     "**silhouette** from -1 to 1 (higher: better separated). `*_model` columns score the exact model."
 )
 try:
-    evaluation = _evaluation(embedding_model, vectors_digest(labels["id"].to_numpy(), vectors),
-                             labels[["id", "manufacturer", "model"]], vectors)
+    evaluation, evaluated = _sampled_evaluation(embedding_model, labels, vectors)
 except RaioxError as exc:
     show_error(exc)
     st.stop()
+_sample_note(evaluated, len(labels))
 
 overall = evaluation.overall
 cols = st.columns(4)

@@ -29,7 +29,7 @@ import numpy as np
 from .errors import InvalidInput, ReducerMissing, TooFewReferences
 from .files import atomic_file
 from .projection import (
-    DeferredReducer, Progress, Projection, ProjectionParams, notify, project,
+    FIT_REVISION, DeferredReducer, Progress, Projection, ProjectionParams, notify, project,
 )
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def fingerprint(embedding_model: str, ids: Sequence[int], vectors: np.ndarray, p
     """
     header = {
         "format": CACHE_FORMAT, "embedding_model": embedding_model, "params": params.key(), "n": len(ids),
-        "versions": {pkg: _version(pkg) for pkg in ("umap-learn", "scikit-learn", "numpy")},
+        "fit": FIT_REVISION, "versions": {pkg: _version(pkg) for pkg in ("umap-learn", "scikit-learn", "numpy")},
         "data": vectors_digest(ids, vectors),
     }
     return hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()
@@ -277,6 +277,37 @@ def _prune(cache_dir: Path) -> None:
         log.warning("Could not prune the projection cache in %s: %s", cache_dir, exc)
 
 
+def in_id_order(ids: Sequence[int], vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 ids ascending, contiguous float32 vectors in that order): a map does not depend on the order
+    the rows came in."""
+    ids_arr = np.asarray(ids, dtype=np.int64)
+    order = np.argsort(ids_arr, kind="stable")
+    return ids_arr[order], np.ascontiguousarray(np.asarray(vectors, dtype=np.float32)[order])
+
+
+def lookup(cache_dir: Path | str, key: str) -> Projection | None:
+    """The map of fingerprint `key` from memory or from `cache_dir` (a copy saying which), or None."""
+    if (found := _recall(key)) is not None:
+        return dataclasses.replace(found, source="memory")
+    if (found := _load(Path(cache_dir), key)) is not None:
+        _remember(found)
+        return dataclasses.replace(found, source="disk")
+    return None
+
+
+def fit_and_save(cache_dir: Path | str, key: str, ids: np.ndarray, x: np.ndarray, params: ProjectionParams,
+                 progress: Progress | None = None) -> Projection:
+    """Fit the map of fingerprint `key` (ids ascending, x in their order), save it and keep it in memory."""
+    notify(progress, 0.0, f"Computing a {params.method.upper()} map of {len(ids)} references…")
+    fitted = project(x, **asdict(params), ids=ids, progress=progress)
+    fitted.fingerprint = key
+    notify(progress, 0.95, "Saving the map for next time…")
+    _save(Path(cache_dir), fitted)
+    _remember(fitted)
+    notify(progress, 1.0, f"Map computed in {fitted.seconds:.1f} s.")
+    return fitted
+
+
 def cached_projection(
     cache_dir: Path | str,
     embedding_model: str,
@@ -293,19 +324,16 @@ def cached_projection(
     `ids` and `vectors`. Rows are put in id order first, so the result does not depend on the order
     they came in. `progress(fraction, text)` is called only when a projection is actually fitted, so
     a caller can show a progress indicator just for that case. `Projection.source` says which path
-    was taken.
+    was taken. The fit runs in the caller's thread; `projection_jobs` runs it in the background.
     """
     if rows is not None:
         ids = [r["id"] for r in rows]
         vectors = np.stack([r["embedding"] for r in rows]) if rows else np.empty((0, 0))
     if ids is None or vectors is None:
         raise InvalidInput("cached_projection needs rows, or ids and vectors.")
-    ids_arr = np.asarray(ids, dtype=np.int64)
-    if len(ids_arr) == 0:
+    if len(ids) == 0:
         raise TooFewReferences(f"There are no reference vectors of {embedding_model} to project.")
-    order = np.argsort(ids_arr, kind="stable")
-    ids_arr = ids_arr[order]
-    x = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32)[order])
+    ids_arr, x = in_id_order(ids, vectors)
     key = fingerprint(embedding_model, ids_arr, x, params)
 
     # Each call gets its own shallow copy saying where the map came from; copies share the coordinates and
@@ -313,16 +341,7 @@ def cached_projection(
     if (found := _recall(key)) is not None:
         return dataclasses.replace(found, source="memory")
     with _fit_lock(key):
-        if (found := _recall(key)) is not None:  # fitted by another thread while we waited
-            return dataclasses.replace(found, source="memory")
-        if (found := _load(Path(cache_dir), key)) is not None:
-            _remember(found)
-            return dataclasses.replace(found, source="disk")
-        notify(progress, 0.0, f"Computing a {params.method.upper()} map of {len(ids_arr)} references…")
-        fitted = project(x, **asdict(params), ids=ids_arr, progress=progress)
-        fitted.fingerprint = key
-        notify(progress, 0.95, "Saving the map for next time…")
-        _save(Path(cache_dir), fitted)
-        _remember(fitted)
-        notify(progress, 1.0, f"Map computed in {fitted.seconds:.1f} s.")
-        return fitted
+        # Fitted by another thread while we waited, or saved by an earlier process.
+        if (found := lookup(cache_dir, key)) is not None:
+            return found
+        return fit_and_save(cache_dir, key, ids_arr, x, params, progress)

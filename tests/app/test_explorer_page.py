@@ -8,8 +8,11 @@ import io
 import json
 import re
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from streamlit.testing.v1 import AppTest
 
 from tests.app.conftest import page_test
 from raiox_core.images import ImageLimits
@@ -150,17 +153,50 @@ def test_uploaded_query_is_placed_on_the_map_with_its_neighbours(seeded):
     assert "query" not in {t.get("name") for t in figure(at)["data"]}
 
 
-def test_umap_map_of_the_seeded_set(seeded):
-    """The one page test that runs UMAP (the first UMAP in a process compiles for ~30-60 s)."""
-    at = explorer("UMAP", timeout=300)
+def test_umap_shows_the_pca_preview_with_progress_then_the_map(seeded):
+    """The one page test that runs UMAP (the first UMAP in a process compiles for ~30-60 s): the first run
+    shows a PCA at once with the background fit's progress; a run after the fit shows UMAP, without the bar."""
+    from raiox_core import projection_jobs
+
+    at = explorer("UMAP")
     assert not at.exception, at.exception
-    assert at.status and at.status[0].label.startswith("UMAP map of")
+    assert "PCA" in captions(at) and "UMAP map of" in captions(at) and "being computed in the background" in captions(at)
+    assert at.get("progress"), "no progress bar while UMAP is computed"
+    assert sum(len(values(t["x"])) for t in figure(at)["data"]) == len(seeded.ingested)  # the preview: every point
+    assert set(quality_table(at)["manufacturer"]) == manufacturers(seeded)  # the tables do not wait for UMAP
+    keys = list(projection_jobs._jobs)
+    assert len(keys) == 1 and projection_jobs.wait(keys[0], timeout=300)
+    at.run()
+    assert not at.exception, at.exception
     assert "UMAP" in captions(at) and "n_neighbors=15" in captions(at)
+    assert "being computed" not in captions(at) and not at.get("progress")  # the bar went with the preview
     assert sum(len(values(t["x"])) for t in figure(at)["data"]) == len(seeded.ingested)
-    assert set(quality_table(at)["manufacturer"]) == manufacturers(seeded)
+    assert "Showing" not in captions(at) and "sample" not in captions(at)  # a small set: every point, no sample
     at.run()
     assert not at.exception and "loaded from cache" in captions(at)
 
+
+def test_above_the_caps_the_map_and_the_tables_use_a_stratified_sample_and_say_so(seeded):
+    """The caps lowered to a few points (the seeded set is small): what a 100k set gets."""
+    # The caps are constants of the page script, which AppTest runs as text: the same script with lower ones.
+    source = (Path(__file__).resolve().parents[2] / "pages" / "explorer.py").read_text()
+    assert "MAX_POINTS = 20_000" in source and "MAX_EVALUATED = 10_000" in source
+    at = AppTest.from_string(source.replace("MAX_POINTS = 20_000", "MAX_POINTS = 20")
+                             .replace("MAX_EVALUATED = 10_000", "MAX_EVALUATED = 16"), default_timeout=120)
+    at.session_state["explorer_method"] = "PCA"
+    at.run()
+    assert not at.exception, at.exception
+    total = len(seeded.ingested)
+    traces = figure(at)["data"]
+    shown = [int(row[0]) for t in traces for row in values(t["customdata"])]
+    assert len(shown) <= 20 < total and len(set(shown)) == len(shown)
+    labels = {(r.manufacturer, r.model) for r in seeded.ingested}
+    by_id = {r.id: (r.manufacturer, r.model) for r in seeded.ingested}
+    assert {by_id[i] for i in shown} == labels  # every model is still on the map
+    assert f"Showing {len(shown)} of {total} references on the map, sampled per model" in captions(at)
+    table = quality_table(at)
+    assert table["references"].sum() <= 16
+    assert f"Computed on a sample of {table['references'].sum()} of {total} references" in captions(at)
 
 
 # The 3-D glyphs that draw as solid shapes ("cross" and "x" come out as thin bars); 2-D has them all too.
