@@ -9,7 +9,7 @@ from .references import ReferenceSets
 from .subproc import run_probe
 
 
-def run(env: BenchEnv, sets: ReferenceSets, cold_numba: bool) -> dict:
+def run(env: BenchEnv, sets: ReferenceSets, cold_numba: bool, scales: tuple[str, ...] = ("small", "large")) -> dict:
     """Two fresh processes on the same projection cache: the first fits and saves, the second loads.
 
     cold_numba: give the first process an empty NUMBA_CACHE_DIR, so numba compiles everything (a true
@@ -26,7 +26,7 @@ def run(env: BenchEnv, sets: ReferenceSets, cold_numba: bool) -> dict:
     if cold["source"] != "computed" or warm["source"] != "disk":
         raise RuntimeError(f"unexpected cache behaviour: cold {cold['source']}, warm {warm['source']}")
     scale = {}
-    for key in ("small", "large"):  # 10k and 100k in a full run: first view, UMAP in the background, rerun
+    for key in scales:  # 10k and 100k in a full run: first view, UMAP in the background, rerun
         model = sets.embedding_models[key]
         numba = {"NUMBA_CACHE_DIR": tempfile.mkdtemp(prefix="raiox-bench-numba-", dir=env.root)} if cold_numba else {}
         _, scale[str(sets.size(key))] = run_probe(

@@ -55,6 +55,7 @@ class BenchSizes:
     train_references: tuple[int, ...] = ()  # `raiox train` (adapter cross-validation) at these sizes
     radiograph_images: int = 2_000  # rendered and encoded for the "radiographs" search distribution
     restore_references: int = 100_000  # `raiox restore` of an archive this big (bulk section)
+    explorer_scales: tuple[str, ...] = ("small", "large")  # reference sets whose page flow (e) times: 10k, 100k
 
 
 FULL = BenchSizes(ingest_images=500, ingest_batch_sizes=(8, 16, 32), ingest_rounds=5, n_small=10_000, n_large=100_000,
@@ -66,7 +67,7 @@ QUICK = BenchSizes(ingest_images=40, ingest_batch_sizes=(16,), ingest_rounds=1, 
                    stage_queries=5, search_queries=30, encoder_images=16, encoder_batch_sizes=(1, 16),
                    encoder_min_seconds=0.5, memory_matches=3, query_images=8, cold_numba=False,
                    cli_runs=1, api_requests=32, api_rounds=1, train_references=(200,),
-                   radiograph_images=48, restore_references=2_000)
+                   radiograph_images=48, restore_references=2_000, explorer_scales=("small",))
 
 
 # `raiox bench --scale 1m`: only what changes with the reference count (not in the test suite; the loads, the
@@ -144,7 +145,7 @@ def run_bench(settings: Settings, quick: bool = False, json_path: str | None = N
             report["figures"]["references"] = sets.figures
             _section(report, "match", match_bench.run, env, sets, queries, sizes.match_queries, sizes.stage_queries)
             _section(report, "search", search_bench.run, env.db, sets, sizes.search_queries, env.settings.target_recall)
-            _section(report, "explorer", explorer_bench.run, env, sets, sizes.cold_numba)
+            _section(report, "explorer", explorer_bench.run, env, sets, sizes.cold_numba, sizes.explorer_scales)
             _section(report, "memory", memory_bench.run, env, queries, sizes.memory_matches)
         _section(report, "explain", explain_bench.run, env, files, queries, quick)
         if sets is not None:  # after every section that searches the reference sets: it ends with a restore

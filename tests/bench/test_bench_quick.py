@@ -27,6 +27,7 @@ REQUIRED = [
     ("encoder", "int8_dynamic", "cosine_to_fp32_min"), ("encoder", "fp32_efficiency_vs_matmul"),
     ("ingest", "one_at_a_time_current_encoder", "images_per_s"),
     ("explorer", "cold_s"), ("explorer", "warm_s"), ("explorer", "warm_render_s"),
+    ("explorer", "scale", "500", "first_view_s"), ("explorer", "scale", "500", "umap_cold_s"),
     ("memory", "peak_mb"), ("memory", "text_tower_mb"),
     ("references", "large", "hnsw_build_s"), ("references", "uniform", "hnsw_build_s"),
     ("cli", "cold", "median_s"), ("cli", "first_after_demo", "median_s"), ("cli", "warm", "median_s"),
