@@ -110,7 +110,7 @@ def test_another_cpu_builds_again_and_replaces_the_older_file(tmp_path, probes, 
     probes.fake = Verdict(True, 0.9996)
     ready(tmp_path)
     (before,) = stored(tmp_path)
-    monkeypatch.setattr(int8_verdicts.cpu, "vector_flags", lambda: ["avx2", "fma"])  # the VM moved to another host
+    monkeypatch.setattr(int8_verdicts.cpu, "vector_flags", lambda: ["sse2"])  # the VM moved to another host (a flag list unlike this one's: on an AVX2-only host "avx2, fma" was no move)
     assert not isinstance(ready(tmp_path).model, TracedTower) and builds.calls == 2
     (after,) = stored(tmp_path)  # the same weights' older file is gone
     assert after != before
