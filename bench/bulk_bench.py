@@ -12,12 +12,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from raiox_core.backup import backup, restore
-from raiox_core.images import _encode_png, _pixel_hash
-from raiox_core.storage import reference_key
 
+from .data import tiny_references
 from .env import BenchEnv
 from .references import ReferenceSets
 
@@ -58,14 +55,10 @@ def _archive(env: BenchEnv, vectors: np.ndarray) -> Path:
     n = len(vectors)
     env.reset()
     storage = env.storage("restore-source")
-    rng = np.random.default_rng(5)
     rows = []
-    for i in range(n):
-        image = Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8))
-        sha = _pixel_hash(image)
-        storage.put(reference_key(sha), _encode_png(image))
-        rows.append({"manufacturer": "Straumann", "model": "BL", "diameter_mm": 4.1, "source_filename": f"b{i}.png",
-                     "sha256": sha, "object_key": reference_key(sha), "width": 16, "height": 16, "source": "synthetic"})
+    for row, png in tiny_references(n, seed=5):
+        storage.put(row["object_key"], png)
+        rows.append(row)
     model = env.embedder.embedding_model
     with env.db.bulk_load({model: n}):
         for start in range(0, n, 10_000):

@@ -29,6 +29,25 @@ DIAMETERS = (3.5, 4.1, 4.8)
 SUBSPACE_DIM = 32
 
 
+def tiny_references(n: int, seed: int, side: int = 16) -> list[tuple[dict, bytes]]:
+    """n reference rows, each with a tiny distinct random image (PNG bytes) under its pixel hash's key: what a
+    backup or restore costs per image, not per pixel, and no model needed."""
+    from PIL import Image
+
+    from raiox_core.images import _encode_png, _pixel_hash
+    from raiox_core.storage import reference_key
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        image = Image.fromarray(rng.integers(0, 256, (side, side), dtype=np.uint8))
+        sha = _pixel_hash(image)
+        out.append(({"manufacturer": "Straumann", "model": "BL", "diameter_mm": 4.1, "source_filename": f"t{i}.png",
+                     "sha256": sha, "object_key": reference_key(sha), "width": side, "height": side,
+                     "source": "synthetic"}, _encode_png(image)))
+    return out
+
+
 def _demo_chunk(seed: int) -> list[tuple[str, bytes]]:
     from raiox_core.synthetic import demo_files
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InvalidInput, TooFewReferences
-from .grouping import unit_rows
+from .grouping import best_per_row, unit_rows
 
 TOP_K = 5
 CHUNK_BYTES = 128 * 1024 * 1024
@@ -144,12 +144,8 @@ def evaluate(
         local = np.arange(stop - start)
         self_sim[start:stop] = sims[local, local + start]
         sims[local, local + start] = -np.inf  # leave one out
-        top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]  # kk <= n - 1, so the -inf self never makes it
-        top_sims = np.take_along_axis(sims, top, axis=1)
-        # Highest similarity first; equal similarities by index, so the result is deterministic.
-        order = np.lexsort((top, -top_sims), axis=1)
-        neighbours[start:stop] = np.take_along_axis(top, order, axis=1)
-        neighbour_sims[start:stop] = np.take_along_axis(top_sims, order, axis=1)
+        # kk <= n - 1, so the -inf self never makes it
+        neighbours[start:stop], neighbour_sims[start:stop] = best_per_row(sims, kk)
 
     man_stats = _finish(man_codes, man_names, man_sums, self_sim)
     lab_stats = _finish(lab_codes, lab_names, lab_sums, self_sim)

@@ -18,6 +18,15 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x / np.where(norms > 0, norms, 1.0), dtype=np.float32)
 
 
+def best_per_row(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column indices and values of each row's `k` largest entries (k <= columns), largest first; equal
+    values by column index, so the result is deterministic."""
+    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    top_sims = np.take_along_axis(sims, top, axis=1)
+    order = np.lexsort((top, -top_sims), axis=1)
+    return np.take_along_axis(top, order, axis=1), np.take_along_axis(top_sims, order, axis=1)
+
+
 class _Union:
     def __init__(self, n: int):
         self.parent = np.arange(n)

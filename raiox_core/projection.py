@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import InvalidInput, TooFewReferences
-from .grouping import unit_rows
+from .grouping import best_per_row, unit_rows
 
 METHODS = ("umap", "pca")
 METRICS = ("cosine", "euclidean", "correlation")
@@ -207,11 +207,8 @@ def _exact_knn(x: np.ndarray, k: int, metric: str, chunk: int = 2048) -> tuple[n
             sim = x[start:start + chunk] @ x.T
         rows = np.arange(len(sim))
         sim[rows, start + rows] = np.inf  # itself first whatever rounding does
-        part = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-        top = np.take_along_axis(sim, part, axis=1)
-        order = np.argsort(-top, axis=1, kind="stable")
-        indices[start:start + chunk] = np.take_along_axis(part, order, axis=1)
-        top = np.minimum(np.take_along_axis(top, order, axis=1), 1.0)
+        indices[start:start + chunk], top = best_per_row(sim, k)
+        top = np.minimum(top, 1.0)
         distances[start:start + chunk] = np.sqrt(np.maximum(2 - 2 * top, 0)) if metric == "euclidean" else 1 - top
     return indices, np.maximum(distances, 0.0)
 

@@ -337,7 +337,8 @@ def cached_projection(
     key = fingerprint(embedding_model, ids_arr, x, params)
 
     # Each call gets its own shallow copy saying where the map came from; copies share the coordinates and
-    # the reducer (a deferred one stays unloaded).
+    # the reducer (a deferred one stays unloaded). Memory first, the common case, without the fit lock;
+    # under it, lookup looks again (a thread that held it may have just fitted the map).
     if (found := _recall(key)) is not None:
         return dataclasses.replace(found, source="memory")
     with _fit_lock(key):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .grouping import unit_rows
+from .grouping import best_per_row, unit_rows
 from .match import VOTE_POOL, vote_weights
 
 LEVELS = ("manufacturer", "model", "model_diameter")
@@ -75,11 +75,7 @@ def _neighbours(q: np.ndarray, g: np.ndarray, q_groups: np.ndarray | None, g_gro
         sims = q[start:start + step] @ g.T
         if q_groups is not None:
             sims[q_groups[start:start + step, None] == g_groups[None, :]] = -np.inf
-        top = np.argpartition(-sims, pool - 1, axis=1)[:, :pool]
-        top_sims = np.take_along_axis(sims, top, axis=1)
-        order = np.lexsort((top, -top_sims), axis=1)  # best first; ties by index, deterministic
-        index[start:start + step] = np.take_along_axis(top, order, axis=1)
-        sims_out[start:start + step] = np.take_along_axis(top_sims, order, axis=1)
+        index[start:start + step], sims_out[start:start + step] = best_per_row(sims, pool)
     return index, sims_out
 
 

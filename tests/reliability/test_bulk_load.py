@@ -12,13 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from bench.data import tiny_references
 from raiox_core import cli as raiox_cli
 from raiox_core import db as dbmod
 from raiox_core.backup import backup
-from raiox_core.images import _encode_png, _pixel_hash
-from raiox_core.storage import open_storage, reference_key
+from raiox_core.storage import open_storage
 from tests.envs import subprocess_env
 from tests.reliability.test_backup_restore import empty_db  # noqa: F401  (a fixture)
 
@@ -37,21 +36,8 @@ def _unit(n: int, seed: int) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def _references(n: int, seed: int) -> list[tuple[dict, bytes]]:
-    """n reference rows with a tiny distinct image each (the pixel hash restore checks): no model needed."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        image = Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8))
-        sha = _pixel_hash(image)
-        out.append(({"manufacturer": "Straumann", "model": "BL", "diameter_mm": 4.1, "source_filename": f"f{i}.png",
-                     "sha256": sha, "object_key": reference_key(sha), "width": 12, "height": 12, "source": "synthetic"},
-                    _encode_png(image)))
-    return out
-
-
 def _add(db, n: int, seed: int, storage=None) -> list[int]:
-    refs = _references(n, seed)
+    refs = tiny_references(n, seed, side=12)
     if storage is not None:
         for row, png in refs:
             storage.put(row["object_key"], png)
