@@ -256,6 +256,9 @@ def _details(f: dict) -> list[str]:
         out += [f"| {name} | {r['rss_mb']} | {r['peak_mb']} |" for name, r in mem["marks"].items()]
         if "text_tower_mb" in mem:
             out.append(f"\nText tower dropped after load: {mem['text_tower_mb']} MB of fp32 weights not held.")
+        if mem.get("postgres_pss_mb") is not None:
+            out.append(f"\nPostgreSQL (PSS of the bench server's processes, shared buffers counted once): "
+                       f"{mem['postgres_pss_mb']} MB.")
         out.append("")
     if api := f.get("api"):
         out += [f"### (h) HTTP API, POST /v1/match of one image, {api['references']} references, `raiox api` in its own "

@@ -27,10 +27,11 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 log = logging.getLogger(__name__)
 
 
-def result_files(machine_slug: str) -> tuple[Path, Path]:
+def result_files(machine_slug: str, scale: str | None = None) -> tuple[Path, Path]:
     """The machine's report files: a full run replaces that machine's previous one, so bench/results/ holds
-    the latest run per machine (the run's date is inside the report; older runs are in git history)."""
-    return RESULTS_DIR / f"{machine_slug}.json", RESULTS_DIR / f"{machine_slug}.md"
+    the latest run per machine and scale (the run's date is inside the report; older runs are in git history)."""
+    stem = f"{machine_slug}-{scale}" if scale else machine_slug
+    return RESULTS_DIR / f"{stem}.json", RESULTS_DIR / f"{stem}.md"
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def run_bench(settings: Settings, quick: bool = False, json_path: str | None = N
                         memory_matches=10, query_images=20)
     started = datetime.now(timezone.utc)
     report: dict = {
-        "schema": 1, "quick": quick, "started": started.isoformat(timespec="seconds"),
+        "schema": 1, "quick": quick, "scale": scale, "started": started.isoformat(timespec="seconds"),
         "machine": describe_machine(), "versions": library_versions(), "sizes": asdict(sizes),
         "load": {"before": loadavg()}, "figures": {}, "section_seconds": {}, "section_load": {}, "errors": {}, "notes": [],
     }
@@ -190,7 +191,7 @@ def _finish(report: dict, wall: float, quick: bool, json_path: str | None, scale
     json_file = Path(json_path) if json_path else None
     md_file = None
     if not quick:
-        json_result, md_file = result_files(report["machine"]["slug"] + (f"-{scale}" if scale else ""))
+        json_result, md_file = result_files(report["machine"]["slug"], scale)
         reporting.write(report, json_result, md_file)
     reporting.write(report, json_file, None)
     print(reporting.markdown(report))

@@ -60,7 +60,7 @@ def _filtered(db, embedding_model: str, queries: np.ndarray, filters: Filters, t
     candidates = db.count(filters)
     return {
         "filter": filters.active(), "candidate_rows": candidates, "share": round(candidates / total, 3),
-        "path": "exact scan" if candidates <= EXACT_SEARCH_MAX_ROWS else "HNSW, ef_search raised",
+        "path": "exact scan" if candidates <= EXACT_SEARCH_MAX_ROWS else "HNSW, ef_search raised; exact if < k found",
         "min_results": min(len(f) for f in found), "all_returned_k": all(len(f) == K for f in found),
         "recall_at_10": round(_recall(found, truth), 4), **summarize(seconds), "exact_p50_ms":
         summarize(exact_s)["p50_ms"],

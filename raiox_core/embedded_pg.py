@@ -112,11 +112,18 @@ def postmaster_pid(pgdata: Path) -> int | None:
 
 
 def stop(pgdata: Path) -> None:
-    """Stop the server of pgdata now (its clients are disconnected), as the user pgserver runs it as."""
+    """Stop the server of pgdata now (its clients are disconnected), as the user pgserver runs it as.
+
+    A server that stops meanwhile (its watchdog, or the exit of its last user, got there first) is stopped:
+    pg_ctl then fails for want of a PID file, and that is not an error."""
     from pgserver._commands import pg_ctl
 
     user = "pgserver" if os.name != "nt" and os.geteuid() == 0 else None  # pgserver's rule: never as root
-    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=60)
+    try:
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=60)
+    except subprocess.CalledProcessError:
+        if postmaster_pid(pgdata) is not None:
+            raise
 
 
 def _ensure_watchdog(pgdata: Path) -> None:

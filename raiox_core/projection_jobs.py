@@ -47,6 +47,10 @@ class JobStatus:
     elsewhere: bool = False  # the fit runs in another process sharing the cache directory
 
 
+def _clamped(fraction: float) -> float:
+    return min(max(float(fraction), 0.0), 1.0)
+
+
 class _Job:
     """One fit's progress, written by its thread and read by any session's."""
 
@@ -59,7 +63,7 @@ class _Job:
         self.thread: threading.Thread | None = None
 
     def report(self, fraction: float, text: str) -> None:
-        self.fraction, self.text = min(max(float(fraction), 0.0), 1.0), text
+        self.fraction, self.text = _clamped(fraction), text
 
     def status(self) -> JobStatus:
         if self.error is not None:
@@ -181,18 +185,19 @@ def _fit_once(job: _Job, cache_dir: Path, ids: np.ndarray, x: np.ndarray, params
                     progress_file = _progress_path(cache_dir, job.key)
 
                     def report(fraction: float, text: str) -> None:
+                        # The file first: whoever reads this text in memory then finds it in the file too.
+                        _write_progress(progress_file, _clamped(fraction), text)
                         job.report(fraction, text)
-                        _write_progress(progress_file, job.fraction, text)
 
                     try:
                         fit_and_save(cache_dir, job.key, ids, x, params, report)
                     finally:
                         progress_file.unlink(missing_ok=True)
                 return
-        job.elsewhere = True
         fraction, text = _read_progress(_progress_path(cache_dir, job.key))
         job.report(fraction, f"{text} (in another dashboard process)" if text else
                    "Being computed by another dashboard process…")
+        job.elsewhere = True  # after the text, so that a reader never sees the flag beside "Waiting to start…"
         time.sleep(POLL_S)
 
 

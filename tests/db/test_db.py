@@ -200,6 +200,33 @@ def test_a_filtered_search_of_more_candidates_than_an_exact_scan_takes_uses_the_
     assert index not in explained_searches[1].index_scans(), explained_searches[1].plan
 
 
+def test_a_filtered_index_search_that_finds_fewer_than_k_rows_is_repeated_exactly(db, explained_searches, monkeypatch):
+    """Labels that follow the vectors (one manufacturer's cluster around the query, the filter's elsewhere): the
+    HNSW scan's ef_search nearest are all of the wrong manufacturer, so the filter keeps none of them."""
+    model, dim, k = "test/two-clusters", 16, 5
+    rng = np.random.default_rng(21)
+    near, far = unit(rng, dim), unit(rng, dim)
+    wanted = []
+    for i in range(FILTERED_EF_SEARCH + 150):  # more of the query's cluster than the index scan returns
+        v = near + 0.05 * rng.standard_normal(dim).astype(np.float32)
+        with db.inserting(row(i, manufacturer="Nobel Biocare"), {model: v / np.linalg.norm(v)}):
+            pass
+    for i in range(FILTERED_EF_SEARCH + 150, FILTERED_EF_SEARCH + 300):
+        v = far + 0.05 * rng.standard_normal(dim).astype(np.float32)
+        with db.inserting(row(i, manufacturer="Straumann"), {model: v / np.linalg.norm(v)}) as ref_id:
+            wanted.append((float(v @ near / np.linalg.norm(v)), ref_id))
+    with db.connection() as conn:
+        conn.execute("ANALYZE embeddings, reference_implants")
+        index = hnsw_index_of(conn, model)
+    monkeypatch.setattr("raiox_core.db.EXACT_SEARCH_MAX_ROWS", 100)  # 150 Straumann candidates: the index path
+
+    hits = db.search(near, model, k=k, filters=Filters(manufacturer="Straumann"))
+    assert [h["id"] for h in hits] == [i for _, i in sorted(wanted, reverse=True)[:k]]  # the true nearest
+    first, again = explained_searches
+    assert index in first.index_scans() and first.ef_search == str(FILTERED_EF_SEARCH), first.plan
+    assert index not in again.index_scans(), again.plan
+
+
 def _index_validity(db) -> list[bool]:
     """indisvalid of every index on MODEL's vectors (a failed concurrent rebuild leaves an invalid copy)."""
     with db.connection() as conn:

@@ -75,6 +75,15 @@ def test_a_running_server_is_not_restarted_under_its_users_the_value_waits(data_
 
 # -- lifecycle: nothing Raiox starts outlives the last Raiox process -------------------------------
 
+def test_stopping_a_server_that_has_just_stopped_is_not_an_error(data_dir):
+    """The watchdog and a last user's exit may both stop one server; the second to come finds it stopped."""
+    server = embedded_pg.start(data_dir)
+    embedded_pg.stop(data_dir / "pg")
+    assert embedded_pg.postmaster_pid(data_dir / "pg") is None
+    embedded_pg.stop(data_dir / "pg")  # pg_ctl fails here (no PID file): stopped is what was asked for
+    server.cleanup()
+
+
 GONE_WITHIN_S = 15  # a behaviour bound (the watchdog polls every second), not a speed assertion
 HOLD = "import sys, time; from raiox_core import embedded_pg; embedded_pg.start(sys.argv[1]); print('up', flush=True); time.sleep(600)"
 
