@@ -82,7 +82,7 @@ def load(env: BenchEnv, n_small: int, n_large: int, n_radiographs: int = 0,
         sets.figures[key]["hnsw_index_mb"] = _index_mb(env, sets.embedding_models[key])
     with env.db.connection() as conn:
         table = conn.execute("SELECT pg_total_relation_size('embeddings')").fetchone()[0]
-    sets.figures["embeddings_table_mb"] = round(table / 2**20, 1)  # heap + TOAST + btree, all partitions
+    sets.figures["embeddings_table_mb"] = round(table / 2**20, 1)  # heap, TOAST and every index (HNSW too), all partitions
     return sets
 
 

@@ -287,7 +287,7 @@ def _details(f: dict) -> list[str]:
                 "| partition | vectors | COPY s | rows/s | HNSW build s | index MB |", "|---|---|---|---|---|---|"]
         out += [f"| {key} ({r['kind']}) | {r['vectors']} | {r['copy_s']} | {r['copy_rows_per_s']} | {r['hnsw_build_s']} |"
                 f" {r['hnsw_index_mb']} |" for key, r in refs.items() if isinstance(r, dict)]
-        out.append(f"\nReference rows COPY: {refs['copy_references_s']} s; embeddings table with all partitions: "
+        out.append(f"\nReference rows COPY: {refs['copy_references_s']} s; embeddings table with all partitions and their indexes (HNSW included): "
                    f"{refs['embeddings_table_mb']} MB.")
     if bulk := f.get("bulk"):
         v, r = bulk["vectors"], bulk["restore"]

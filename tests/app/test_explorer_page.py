@@ -176,6 +176,43 @@ def test_umap_shows_the_pca_preview_with_progress_then_the_map(seeded):
     assert not at.exception and "loaded from cache" in captions(at)
 
 
+def test_a_failed_umap_says_why_keeps_the_pca_map_and_try_again_fits_it_anew(seeded, monkeypatch):
+    """A fit that fails is shown once with its reason (polling does not start it again) until the user asks."""
+    from raiox_core import projection_cache, projection_jobs
+
+    real, calls = projection_cache.project, []  # the UMAP fits (the PCA preview goes through project too)
+
+    def fails_once(x, **kwargs):
+        if kwargs["method"] != "umap":
+            return real(x, **kwargs)
+        calls.append(kwargs["method"])
+        if len(calls) == 1:
+            raise MemoryError("out of memory (test)")
+        return real(x, **{**kwargs, "method": "pca"})  # a quick stand-in fit: UMAP itself is tested above
+
+    monkeypatch.setattr(projection_cache, "project", fails_once)
+    try:
+        at = explorer("UMAP")
+        (key,) = list(projection_jobs._jobs)
+        assert projection_jobs.wait(key, timeout=60)
+        for _ in range(2):  # the page's own polling reruns
+            at.run()
+            assert not at.exception, at.exception
+            assert [e.value for e in at.error] == [
+                "The UMAP map could not be computed: out of memory (test) The PCA map is shown instead."]
+            assert "PCA" in captions(at) and sum(len(values(t["x"])) for t in figure(at)["data"]) == len(seeded.ingested)
+        assert calls == ["umap"]
+        at.button(key="explorer_umap_retry").click().run()
+        assert not at.exception, at.exception
+        assert projection_jobs.wait(key, timeout=60)
+        at.run()
+        assert not at.exception and not at.error and calls == ["umap", "umap"]
+        assert not [b for b in at.button if b.key == "explorer_umap_retry"]
+        assert "being computed" not in captions(at)
+    finally:
+        projection_jobs.forget_jobs()
+
+
 def test_above_the_caps_the_map_and_the_tables_use_a_stratified_sample_and_say_so(seeded):
     """The caps lowered to a few points (the seeded set is small): what a 100k set gets."""
     # The caps are constants of the page script, which AppTest runs as text: the same script with lower ones.
