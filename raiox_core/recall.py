@@ -66,7 +66,13 @@ class Tuning:
 
     def stale(self, vectors: int, target: float, index_type: str = "vector") -> bool:
         return (self.target != target or self.index_type != index_type or self.recall_low is None
-                or abs(vectors - self.vectors) > STALE_CHANGE * max(self.vectors, 1))
+                or self._below_margin() or abs(vectors - self.vectors) > STALE_CHANGE * max(self.vectors, 1))
+
+    def _below_margin(self) -> bool:
+        """Chosen by an earlier Raiox with a smaller MARGIN (2 until the 1M measurement)."""
+        if self.exact or not self.ladder:
+            return False
+        return self.ef_search < min(self.ladder[-1]["ef_search"] * MARGIN, LADDER[-1])
 
 
 def _ids(rows: list[dict]) -> set[int]:

@@ -77,6 +77,8 @@ def test_the_probe_picks_the_smallest_ef_search_that_reaches_the_target_and_sear
     usual = recall.probe(db, MODEL, 0.98, exact_below=0)
     assert not usual.exact and usual.ef_search == recall.MARGIN * usual.ladder[-1]["ef_search"]
     assert f"ef_search {usual.ef_search} ({recall.MARGIN}x the {usual.ladder[-1]['ef_search']} that passed)" in usual.describe()
+    assert not usual.stale(ROWS, 0.98)
+    assert replace(usual, ef_search=2 * usual.ladder[-1]["ef_search"]).stale(ROWS, 0.98)  # an earlier, smaller margin
     db.search(vectors[7], MODEL, k=10)
     assert explained_searches[-1].ef_search == str(usual.ef_search)  # a new probe applies at once
     # Fresh draws from the same clusters, not the probe's kind of query: the choice holds for them.

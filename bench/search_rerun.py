@@ -1,0 +1,56 @@
+"""Section (c) alone: load the reference sets at one size, then measure search recall and latency on them.
+
+For a change to the search path (the recall probe, the filtered fallback) that needs new search figures
+without the hour of a full run. Prints the JSON and writes it to --out; bench/results/ keeps full runs only.
+
+    RAIOX_PRETRAINED=none python -m bench.search_rerun --references 1000000 --kinds none --out search-1m.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+from raiox_core.config import Settings
+
+from . import references, search_bench
+from .env import BenchEnv
+from .machine import describe_machine
+
+KINDS = ("uniform", "cone", "radiographs")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.search_rerun", description=__doc__.splitlines()[0])
+    parser.add_argument("--references", type=int, default=100_000, help="vectors per partition (default 100,000)")
+    parser.add_argument("--queries", type=int, default=200, help="fresh queries per distribution (default 200)")
+    parser.add_argument("--kinds", default=",".join(KINDS),
+                        help=f"distributions beside the clustered one, comma-separated, or none (default {','.join(KINDS)})")
+    parser.add_argument("--radiographs", type=int, default=2_000, help="rendered images behind the radiographs kind")
+    parser.add_argument("--out", required=True, help="where to write the JSON")
+    args = parser.parse_args(argv)
+    kinds = tuple(k for k in args.kinds.split(",") if k and k != "none")
+    if unknown := set(kinds) - set(KINDS):
+        parser.error(f"unknown kinds {sorted(unknown)}: choose from {', '.join(KINDS)} or none")
+    out: dict = {"machine": describe_machine(), "load_before": os.getloadavg()[0], "arguments": vars(args)}
+    env = BenchEnv.start(Settings.from_env())
+    try:
+        start = time.perf_counter()
+        sets = references.load(env, min(10_000, args.references), args.references,
+                               args.radiographs if "radiographs" in kinds else 0, kinds=kinds)
+        out.update(references=sets.figures, load_s=round(time.perf_counter() - start, 1))
+        start = time.perf_counter()
+        out["search"] = search_bench.run(env.db, sets, args.queries, env.settings.target_recall)
+        out.update(search_s=round(time.perf_counter() - start, 1), load_after=os.getloadavg()[0])
+    finally:
+        env.close()
+    text = json.dumps(out, indent=1)
+    with open(args.out, "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
