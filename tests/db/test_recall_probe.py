@@ -132,5 +132,14 @@ def test_an_index_build_is_given_the_memory_its_graph_needs(hard):
     db, _ = hard
     starved = _build_notices(db, lambda conn: conn.execute("SET LOCAL maintenance_work_mem = '1MB'"))
     assert any("no longer fits" in n for n in starved)  # the check can see a build that spills
-    sized = _build_notices(db, lambda conn: _size_index_build(conn, _graph_bytes(ROWS, DIM), local=True, cores=None))
+    sized = _build_notices(db, lambda conn: _size_index_build(conn, _graph_bytes(ROWS, DIM), local=True))
     assert not any("no longer fits" in n for n in sized), sized
+
+
+def test_an_index_build_is_serial(hard):
+    """Parallel HNSW builds (pgvector 0.6) gave graphs of uneven recall; Raiox's own builds use no workers."""
+    db, _ = hard
+    with db.connection() as conn, conn.transaction(force_rollback=True):
+        conn.execute("SET LOCAL max_parallel_maintenance_workers = 2")  # PostgreSQL's default
+        _size_index_build(conn, _graph_bytes(ROWS, DIM), local=True)
+        assert conn.execute("SHOW max_parallel_maintenance_workers").fetchone()[0] == "0"
