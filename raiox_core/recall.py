@@ -55,8 +55,13 @@ class Tuning:
     def from_row(cls, row: dict) -> Tuning:
         return cls(**{f: row[f] for f in cls.__dataclass_fields__})
 
+    @property
+    def passed(self) -> int | None:
+        """The smallest ef_search that reached the target (the last one the probe tried), or None with exact."""
+        return None if self.exact or not self.ladder else self.ladder[-1]["ef_search"]
+
     def describe(self) -> str:
-        passed = self.ladder[-1]["ef_search"] if self.ladder and not self.exact else self.ef_search
+        passed = self.passed or self.ef_search
         margin = f" ({self.ef_search // passed}x the {passed} that passed)" if passed and passed != self.ef_search else ""
         how = ("exact scans" if self.exact else f"ef_search {self.ef_search}{margin}") \
             + (f" ({self.index_type} index)" if self.index_type != "vector" else "")
@@ -72,9 +77,7 @@ class Tuning:
 
     def _below_margin(self) -> bool:
         """Chosen by an earlier Raiox with a smaller MARGIN (2 until the 1M measurement)."""
-        if self.exact or not self.ladder:
-            return False
-        return self.ef_search < min(self.ladder[-1]["ef_search"] * MARGIN, LADDER[-1])
+        return self.passed is not None and self.ef_search < min(self.passed * MARGIN, LADDER[-1])
 
 
 def _ids(rows: list[dict]) -> set[int]:
