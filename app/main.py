@@ -5,8 +5,9 @@ Icons are Streamlit's bundled Material Symbols: emoji render as empty boxes on m
 
 import streamlit as st
 
-from raiox_core import process
+from raiox_core import numba_warmup, process
 from raiox_core.packaged import dashboard_pages
+from raiox_dashboard.resources import get_settings
 from raiox_dashboard.widgets import sidebar
 
 process.configure()  # once per process: numba's cache before the explorer imports umap, log masking, malloc
@@ -31,7 +32,10 @@ page = st.navigation(
         st.Page(PAGES / "ingest.py", title="Ingest (staff)", icon=":material/upload:", url_path="ingest"),
     ]
 )
-if not sidebar():
+reachable = sidebar()
+# Once per process (later calls return at once): the explorer's first map then finds umap compiled.
+numba_warmup.start_in_background(get_settings().numba_warmup)
+if not reachable:
     st.error("The database cannot be reached (see the sidebar): this page needs it. Reload once it is back.",
              icon=":material/cloud_off:")
     st.stop()

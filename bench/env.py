@@ -58,7 +58,7 @@ class BenchEnv:
         migrate(url)
         # The CPU path, always: the targets are for CPU, and the int8 encoder is CPU-only.
         bench_settings = settings.with_(data_dir=root / "data", database_url=url, storage_url=None, device="cpu")
-        # As the app's own embedded database: index builds get the memory and parallel workers Raiox gives them.
+        # As the app's own embedded database: index builds get the memory Raiox gives them (and are serial, as its are).
         db = Database(url, description="bench PostgreSQL", max_size=4, server=server)
         notes = []
         try:

@@ -239,10 +239,10 @@ def _details(f: dict) -> list[str]:
         out += [f"### (e) Explorer, {ex['points']} references, {ex['method']}", "",
                 "| start | process s | fetch rows s | projection s | frame + figure s | view s (excl. imports) |",
                 "|---|---|---|---|---|---|"]
-        for name in ("cold", "warm"):
-            r = ex[name]
-            out.append(f"| {name} ({r['source']}) | {r['process_s']} | {r['fetch_rows_s']} | {r['projection_s']} | "
-                       f"{r['frame_and_figure_s']} | {r['view_s']} |")
+        for name, label in (("cold", "cold"), ("after_warmup", "after the dashboard's numba warm-up"), ("warm", "warm")):
+            if r := ex.get(name):  # reports before the warm-up existed have no such row
+                out.append(f"| {label} ({r['source']}) | {r['process_s']} | {r['fetch_rows_s']} | {r['projection_s']} | "
+                           f"{r['frame_and_figure_s']} | {r['view_s']} |")
         w = ex["warm"]
         running = w["fetch_rows_s"] + w["memory_cache_s"] + w["frame_and_figure_s"]
         imported = {name: ex[name].get("umap_imported") for name in ("cold", "warm")}
@@ -250,7 +250,11 @@ def _details(f: dict) -> list[str]:
                 f"read from disk (npz, no pickle) and the UMAP reducer is loaded only when a query is placed on the "
                 f"map (umap imported during the view: cold {_yes_no(imported['cold'])}, warm "
                 f"{_yes_no(imported['warm'])}). In a running server the map comes from the in-process cache in "
-                f"{w['memory_cache_s']} s, so a view costs about {running:.2f} s (rows + cache + figure).", ""]
+                f"{w['memory_cache_s']} s, so a view costs about {running:.2f} s (rows + cache + figure)."]
+        if after := ex.get("after_warmup"):
+            out.append(f"The warm-up (`python -m raiox_core.numba_warmup`, what the dashboard starts at start-up, on "
+                       f"the numba cache of the cold row) took {after['warmup_s']} s before its row's process ran.")
+        out.append("")
     if mem := f.get("memory"):
         out += [f"### (f) Memory, {mem['references']} references", "", "| step | RSS MB | peak MB |", "|---|---|---|"]
         out += [f"| {name} | {r['rss_mb']} | {r['peak_mb']} |" for name, r in mem["marks"].items()]

@@ -66,6 +66,7 @@ class Settings:
     match_batch_max: int = 16  # images per encoder call (the encoder's own batch size)
     match_queue: int = 64  # match requests the API holds at once; beyond, 503 with Retry-After
     adapter: str = "on"  # RAIOX_ADAPTER: "off" searches the base model's vectors even when `raiox train` adopted one
+    numba_warmup: bool = True  # RAIOX_NUMBA_WARMUP: the dashboard compiles umap in the background at start
     index_type: str = "vector"  # RAIOX_INDEX_TYPE: "halfvec" indexes 16-bit vectors (half the index; pgvector >= 0.7)
 
     @property
@@ -126,7 +127,8 @@ class Settings:
                 if v not in choices:
                     raise ConfigError(f"{name} must be {', '.join(choices[:-1])} or {choices[-1]}, not {v!r}.")
                 kwargs[attr] = v
-        for name, attr in [("RAIOX_UNTRAINED_FALLBACK", "untrained_fallback"), ("RAIOX_MATCH_BATCHING", "match_batching")]:
+        for name, attr in [("RAIOX_UNTRAINED_FALLBACK", "untrained_fallback"), ("RAIOX_MATCH_BATCHING", "match_batching"),
+                           ("RAIOX_NUMBA_WARMUP", "numba_warmup")]:
             if (v := get(name)) is not None:
                 if v.lower() not in _BOOLEANS:
                     raise ConfigError(f"{name} must be 1 or 0 (on or off), not {v!r}.")

@@ -150,3 +150,27 @@ def test_an_unloadable_checkpoint_is_not_hashed_again_on_reruns(app_env, monkeyp
     at.switch_page("../pages/references.py").run()
     assert not at.exception
     assert id_computations["file_digest"] == [broken] and len(id_computations["embedding_model_for"]) == 1
+
+
+def test_the_dashboard_starts_the_numba_warm_up_unless_it_is_off(app_env, monkeypatch, tmp_path):
+    import os
+    import signal
+
+    from raiox_core import numba_warmup
+
+    cache = tmp_path / "numba"
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(cache))
+    monkeypatch.setattr(numba_warmup, "_started", False)
+    configure(monkeypatch, RAIOX_NUMBA_WARMUP="off")
+    assert not dashboard().run().exception
+    assert not cache.exists()
+
+    configure(monkeypatch, RAIOX_NUMBA_WARMUP="on")
+    at = dashboard().run()
+    assert not at.exception
+    lock = numba_warmup.marker_path().with_suffix(".running")
+    pid = int(lock.read_text())  # the warm-up's child holds the lock while it compiles
+    os.kill(pid, 0)
+    at.switch_page("../pages/references.py").run()  # main.py again: the same child, no other
+    assert not at.exception and lock.read_text() == str(pid)
+    os.kill(pid, signal.SIGKILL)

@@ -1,9 +1,11 @@
-"""Section (c) alone: load the reference sets at one size, then measure search recall and latency on them.
+"""One section on its own: load the reference sets at one size, then measure search (c) or the explorer (e).
 
-For a change to the search path (the recall probe, the filtered fallback) that needs new search figures
-without the hour of a full run. Prints the JSON and writes it to --out; bench/results/ keeps full runs only.
+For a change to the search path (the recall probe, the filtered fallback) or to the explorer that needs
+new figures without the hour of a full run. Prints the JSON and writes it to --out; bench/results/ keeps
+full runs only.
 
-    RAIOX_PRETRAINED=none python -m bench.search_rerun --references 1000000 --kinds none --out search-1m.json
+    RAIOX_PRETRAINED=none python -m bench.rerun --references 1000000 --kinds none --out search-1m.json
+    RAIOX_PRETRAINED=none python -m bench.rerun --section explorer --kinds none --out explorer-100k.json
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 
 from raiox_core.config import Settings
 
-from . import references, search_bench
+from . import explorer_bench, references, search_bench
 from .env import BenchEnv
 from .machine import describe_machine
 
@@ -23,7 +25,9 @@ KINDS = ("uniform", "cone", "radiographs")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.search_rerun", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.rerun", description=__doc__.splitlines()[0])
+    parser.add_argument("--section", choices=("search", "explorer"), default="search",
+                        help="search (c), or the explorer's page flow (e) on 10k and --references (default search)")
     parser.add_argument("--references", type=int, default=100_000, help="vectors per partition (default 100,000)")
     parser.add_argument("--queries", type=int, default=200, help="fresh queries per distribution (default 200)")
     parser.add_argument("--kinds", default=",".join(KINDS),
@@ -42,8 +46,11 @@ def main(argv: list[str] | None = None) -> None:
                                args.radiographs if "radiographs" in kinds else 0, kinds=kinds)
         out.update(references=sets.figures, load_s=round(time.perf_counter() - start, 1))
         start = time.perf_counter()
-        out["search"] = search_bench.run(env.db, sets, args.queries, env.settings.target_recall)
-        out.update(search_s=round(time.perf_counter() - start, 1), load_after=os.getloadavg()[0])
+        if args.section == "search":
+            out["search"] = search_bench.run(env.db, sets, args.queries, env.settings.target_recall)
+        else:  # as a full run measures it: numba's cache empty at each first map
+            out["explorer"] = explorer_bench.run(env, sets, cold_numba=True)
+        out.update({f"{args.section}_s": round(time.perf_counter() - start, 1), "load_after": os.getloadavg()[0]})
     finally:
         env.close()
     text = json.dumps(out, indent=1)

@@ -1,0 +1,84 @@
+"""The numba warm-up the dashboard starts: a child process that compiles into numba's cache what the
+explorer's first map and a query's placement can take from it, once per machine, so they do not wait."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from raiox_core import numba_warmup
+from raiox_core.config import Settings
+
+# A new process, as a restarted dashboard is: the explorer's path for 4096-30k references (exact neighbours
+# given to UMAP), then a query placed on the map.
+FIT_A_MAP = textwrap.dedent("""
+    from raiox_core import process
+    process.configure()
+    import numpy as np
+    from raiox_core.projection import project
+    x = np.random.default_rng(1).standard_normal((5000, 512)).astype(np.float32)
+    project(x).transform(x[:1])
+""")
+
+
+def compiled(cache) -> set[str]:
+    """numba's compiled-code files (one per function and type signature) under the cache directory."""
+    return {str(p.relative_to(cache)) for p in cache.rglob("*.nbc")}
+
+
+@pytest.fixture
+def fresh(tmp_path, monkeypatch):
+    """An empty numba cache for this process and its children, and a process that has not started a warm-up."""
+    cache = tmp_path / "numba"
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(cache))
+    monkeypatch.setattr(numba_warmup, "_started", False)
+    return cache
+
+
+@pytest.mark.slow
+def test_the_warm_up_compiles_all_a_first_map_needs_once(fresh):
+    child = numba_warmup.start_in_background()
+    assert child is not None
+    assert numba_warmup.start_in_background() is None  # once per process
+    assert child.wait(timeout=600) == 0, numba_warmup.marker_path().with_suffix(".log").read_text()
+    marker = numba_warmup.marker_path()
+    assert marker.read_text().startswith("warmed in ") and not marker.with_suffix(".running").exists()
+    before = compiled(fresh)
+    assert any(f.startswith("umap_") for f in before) and any(f.startswith("pynndescent_") for f in before)
+
+    subprocess.run([sys.executable, "-c", FIT_A_MAP], check=True, timeout=600, capture_output=True)
+    assert compiled(fresh) == before  # the map and the placement found every cacheable kernel compiled
+
+    again = subprocess.run([sys.executable, "-c", "from raiox_core import numba_warmup as w; print(w.start_in_background())"],
+                           capture_output=True, text=True, timeout=120)
+    assert again.stdout.strip() == "None"  # a later start finds the marker
+
+
+def test_a_running_warm_up_is_not_doubled_and_a_dead_ones_lock_is_taken_over(fresh):
+    fresh.mkdir()
+    lock = numba_warmup.marker_path().with_suffix(".running")
+    lock.write_text(str(os.getpid()))  # held by a live process
+    assert numba_warmup.start_in_background() is None
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    lock.write_text(str(gone.pid))  # held by one that died without removing it
+    numba_warmup._started = False
+    child = numba_warmup.start_in_background()
+    try:
+        assert child is not None and lock.read_text() == str(child.pid)
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+    assert not numba_warmup.marker_path().exists()  # a warm-up that did not finish leaves no marker
+
+
+def test_the_warm_up_can_be_turned_off(fresh):
+    assert Settings.from_env({"RAIOX_NUMBA_WARMUP": "off"}).numba_warmup is False
+    assert Settings.from_env({}).numba_warmup is True
+    assert numba_warmup.start_in_background(enabled=False) is None
+    assert not fresh.exists()
