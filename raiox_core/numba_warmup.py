@@ -19,27 +19,20 @@ import subprocess
 import sys
 import threading
 import time
-from importlib import metadata
 from pathlib import Path
 
 from .cpu import model_name, vector_flags
 from .numba_cache import numba_cache_dir
+from .projection_cache import installed_version
 
 log = logging.getLogger(__name__)
 STALE_LOCK_S = 900.0  # a warm-up that has held its lock this long died: another may start
 _started = False
 
 
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "absent"
-
-
 def marker_path() -> Path:
     """The file a finished warm-up leaves: numba's cache is per library version and CPU, so is the marker."""
-    key = "|".join([sys.version.split()[0], *(_version(p) for p in ("numba", "umap-learn", "pynndescent")),
+    key = "|".join([sys.version.split()[0], *(installed_version(p) for p in ("numba", "umap-learn", "pynndescent")),
                     model_name(), *vector_flags()])
     return numba_cache_dir() / f"raiox-warm-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 

@@ -50,7 +50,7 @@ def fingerprint(embedding_model: str, ids: Sequence[int], vectors: np.ndarray, p
     """
     header = {
         "format": CACHE_FORMAT, "embedding_model": embedding_model, "params": params.key(), "n": len(ids),
-        "fit": FIT_REVISION, "versions": {pkg: _version(pkg) for pkg in ("umap-learn", "scikit-learn", "numpy")},
+        "fit": FIT_REVISION, "versions": {pkg: installed_version(pkg) for pkg in ("umap-learn", "scikit-learn", "numpy")},
         "data": vectors_digest(ids, vectors),
     }
     return hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()
@@ -64,7 +64,9 @@ def vectors_digest(ids: Sequence[int], vectors: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def _version(package: str) -> str:
+def installed_version(package: str) -> str:
+    """An installed distribution's version, or "absent": part of the keys of caches that a library's
+    upgrade makes stale (maps here, numba's compiled code in numba_warmup)."""
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
