@@ -2,8 +2,8 @@
 for a map.
 
 What numba can keep between processes is what importing umap compiles: pynndescent's kernels and umap's
-`rdist`, 10.7 of the 26 s of a first 10k map on 2 cores with nothing cached (12.3 s import, 1.6 s from
-the cache); umap's other kernels are compiled in every process, whatever is done here. The dashboard
+`rdist`, 10.7 of the 26 s of a first 10k map with nothing cached (12.3 s import, 1.6 s from the cache;
+2-core Intel Xeon VM, the other core busy, 2026-12-03); umap's other kernels are compiled in every process, whatever is done here. The dashboard
 starts this warm-up when it starts (`start_in_background`): a niced child process imports umap and
 leaves a marker named after the versions and the CPU, so later starts skip it. `RAIOX_NUMBA_WARMUP=off`
 turns it off.
@@ -31,9 +31,10 @@ _started = False
 
 
 def marker_path() -> Path:
-    """The file a finished warm-up leaves: numba's cache is per library version and CPU, so is the marker."""
-    key = "|".join([sys.version.split()[0], *(installed_version(p) for p in ("numba", "umap-learn", "pynndescent")),
-                    model_name(), *vector_flags()])
+    """The file a finished warm-up leaves. numba keeps its code per source file (so per environment: a new
+    virtual environment compiles afresh), library version and CPU; so does the marker."""
+    key = "|".join([sys.prefix, sys.version.split()[0],
+                    *(installed_version(p) for p in ("numba", "umap-learn", "pynndescent")), model_name(), *vector_flags()])
     return numba_cache_dir() / f"raiox-warm-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 

@@ -82,3 +82,9 @@ def test_the_warm_up_can_be_turned_off(fresh):
     assert Settings.from_env({}).numba_warmup is True
     assert numba_warmup.start_in_background(enabled=False) is None
     assert not fresh.exists()
+
+
+def test_another_environment_warms_its_own_cache(fresh, monkeypatch):
+    here = numba_warmup.marker_path()
+    monkeypatch.setattr(sys, "prefix", "/opt/another-venv")  # numba keys its code by source path: compiled afresh
+    assert numba_warmup.marker_path() != here and numba_warmup.marker_path().parent == here.parent
