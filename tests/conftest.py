@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+# Two test workers share the cores (pytest-xdist, addopts): one torch thread each, and their subprocesses
+# too, instead of each spinning as many threads as there are cores (a 2-core run then slowed several-fold).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Tests never reach a model hub: untrained, seeded weights unless a test says otherwise.
 os.environ["RAIOX_PRETRAINED"] = "none"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

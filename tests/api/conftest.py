@@ -1,4 +1,5 @@
-"""`raiox api` as a real process on a free port, over the session's embedded PostgreSQL, driven with httpx."""
+"""`raiox api` as a real process on a free port, over a database of its own on the session's embedded
+PostgreSQL, driven with httpx."""
 
 from __future__ import annotations
 
@@ -63,6 +64,24 @@ class Server:
         return self.output()
 
 
+@pytest.fixture(scope="session")
+def api_pg_url(pg_url) -> str:
+    """A database of the API tests' own on the session's server. `seeded` fills it once per run for every
+    file here, and other files, which empty the shared database before each test, may run between these
+    (pytest-xdist hands whole files to its workers in no fixed order)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+
+    from raiox_core.db import migrate
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE raiox_api")
+    url = urlunsplit(urlsplit(pg_url)._replace(path="/raiox_api"))
+    migrate(url)
+    return url
+
+
 def _clear(pg_url: str) -> None:
     import psycopg
 
@@ -82,11 +101,11 @@ def file_host():
 
 
 @pytest.fixture(scope="session")
-def api(pg_url, tmp_path_factory, file_host):
+def api(api_pg_url, tmp_path_factory, file_host):
     """One server for the tests of tests/api, on an emptied database, taking files from `file_host` only."""
-    _clear(pg_url)
+    _clear(api_pg_url)
     here = tmp_path_factory.mktemp("api")
-    env = api_env(here / "data", pg_url, RAIOX_JOTFORM_FILE_HOSTS=f"127.0.0.1:{file_host.port}",
+    env = api_env(here / "data", api_pg_url, RAIOX_JOTFORM_FILE_HOSTS=f"127.0.0.1:{file_host.port}",
                   RAIOX_JOTFORM_TIMEOUT_S="1", RAIOX_JOTFORM_API_KEY=JOTFORM_API_KEY,
                   RAIOX_RESULT_WEBHOOK_URL=f"{file_host.url}/results", RAIOX_LOG_FORMAT="json")
     server = Server(env, here / "server.log")
@@ -98,12 +117,12 @@ def api(pg_url, tmp_path_factory, file_host):
 
 
 @pytest.fixture(scope="session")
-def make_key(pg_url):
+def make_key(api_pg_url):
     """make_key(scope): a fresh key of that scope (each test its own, so rate budgets never mix)."""
     from raiox_core.api_keys import create_key
     from raiox_core.db import Database
 
-    db = Database(pg_url, description="test PostgreSQL")
+    db = Database(api_pg_url, description="test PostgreSQL")
     numbers = count()
 
     def make(scope: str) -> dict[str, str]:

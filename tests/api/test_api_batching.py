@@ -13,11 +13,11 @@ from tests.api.conftest import Server, api_env
 
 
 @pytest.fixture(scope="module")
-def tiny_queue(pg_url, tmp_path_factory):
+def tiny_queue(api_pg_url, tmp_path_factory):
     """A second server that holds one match request at a time. Started, not awaited: it loads its model
     while the first test runs (a server start is most of this module's time)."""
     here = tmp_path_factory.mktemp("tiny-queue")
-    server = Server(api_env(here / "data", pg_url, RAIOX_MATCH_QUEUE="1"), here / "server.log")
+    server = Server(api_env(here / "data", api_pg_url, RAIOX_MATCH_QUEUE="1"), here / "server.log")
     yield server
     output = server.stop()
     assert "Traceback" not in output, output

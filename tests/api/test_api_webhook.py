@@ -48,7 +48,7 @@ def wait_delivered(file_host, sid: str, attempts: int, timeout_s: float = 30) ->
     return file_host.results[sid]
 
 
-def test_a_submission_is_matched_like_post_v1_match_and_keeps_nothing_personal(api, seeded, make_key, demo, file_host, pg_url):
+def test_a_submission_is_matched_like_post_v1_match_and_keeps_nothing_personal(api, seeded, make_key, demo, file_host, api_pg_url):
     name, data = demo[20]  # not a reference (the seeded ones are the first 12)
     url = file_host.add(f"{submission_id()}/{name}", data)
     sid = submission_id()
@@ -70,7 +70,7 @@ def test_a_submission_is_matched_like_post_v1_match_and_keeps_nothing_personal(a
     (status, posted), = wait_delivered(file_host, sid, 1)
     assert status == 200 and posted == finished
 
-    stored = psycopg.connect(pg_url).execute(
+    stored = psycopg.connect(api_pg_url).execute(
         "SELECT row_to_json(s)::text FROM form_submissions s WHERE submission_id = %s", (sid,)).fetchone()[0]
     logged = api.output()
     for personal in PERSONAL:

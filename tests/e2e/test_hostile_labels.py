@@ -138,6 +138,8 @@ def test_reference_detail_and_neighbours(visit, hostile_app):
     first = hostile_app["ids"][0]
     page = visit(f"/references?id={first}")
     wait_for_text(page, "Nearest references")
+    for manufacturer, model, _ in CORPUS:  # the neighbours come after their heading (on a busy machine, later)
+        wait_for_text(page, f"{manufacturer} {model} 3.75 mm", timeout_ms=60_000)
     text = shown_text(page)
     assert f"{CORPUS[0][0]} {CORPUS[0][1]} 3.75 mm" in text  # the detail's label
     for manufacturer, model, _ in CORPUS[1:]:
