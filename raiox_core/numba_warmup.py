@@ -2,8 +2,9 @@
 for a map.
 
 What numba can keep between processes is what importing umap compiles: pynndescent's kernels and umap's
-`rdist`, 10.7 of the 26 s of a first 10k map with nothing cached (12.3 s import, 1.6 s from the cache;
-2-core Intel Xeon VM, the other core busy, 2026-12-03); umap's other kernels are compiled in every process, whatever is done here. The dashboard
+`rdist`. A first 10k map in a new process took 20.5 s with numba's cache empty and 10.6 s after this
+warm-up (bench (e), 2-core Intel Xeon VM, 2026-12-03); umap's other kernels are compiled in every
+process, whatever is done here. The dashboard
 starts this warm-up when it starts (`start_in_background`): a niced child process imports umap and
 leaves a marker named after the versions and the CPU, so later starts skip it. `RAIOX_NUMBA_WARMUP=off`
 turns it off.
