@@ -46,7 +46,8 @@ def run(env: BenchEnv, sets: ReferenceSets, cold_numba: bool, scales: tuple[str,
         "cold": {"process_s": round(cold_wall, 2), **cold},
         "after_warmup": after,
         "warm": {"process_s": round(warm_wall, 2), **warm},
-        "cold_s": round(cold_wall, 2), "after_warmup_s": after["process_s"], "warm_s": warm["view_s"], "warm_render_s": warm["frame_and_figure_s"],
+        "cold_s": round(cold_wall, 2), "after_warmup_s": after["process_s"], "warm_s": warm["view_s"],
+        "warm_render_s": warm["frame_and_figure_s"],
     }
 
 

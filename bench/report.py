@@ -252,8 +252,9 @@ def _details(f: dict) -> list[str]:
                 f"{_yes_no(imported['warm'])}). In a running server the map comes from the in-process cache in "
                 f"{w['memory_cache_s']} s, so a view costs about {running:.2f} s (rows + cache + figure)."]
         if after := ex.get("after_warmup"):
-            out.append(f"The warm-up (`python -m raiox_core.numba_warmup`, what the dashboard starts at start-up, on "
-                       f"the numba cache of the cold row) took {after['warmup_s']} s before its row's process ran.")
+            out.append(f"The warm-up (`python -m raiox_core.numba_warmup`, what the dashboard starts at start-up) took "
+                       f"{after['warmup_s']} s, on a numba cache of its own, empty as the cold row's was, before "
+                       f"its row's process ran.")
         out.append("")
     if mem := f.get("memory"):
         out += [f"### (f) Memory, {mem['references']} references", "", "| step | RSS MB | peak MB |", "|---|---|---|"]
