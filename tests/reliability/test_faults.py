@@ -296,7 +296,9 @@ def test_doctor_repair_during_an_ingestion_spares_its_images(db, settings, embed
 
     monkeypatch.setenv("RAIOX_DATABASE_URL", pg_url)
     monkeypatch.setenv("RAIOX_DATA_DIR", str(settings.data_dir))
-    monkeypatch.setattr("raiox_core.embedder.load_from_settings", lambda settings: embedder)
+    # Where the CLI's model load looks it up (model_state imports the name): patched in raiox_core.embedder, it
+    # applied only when model_state was first imported after the patch, i.e. when this test ran first.
+    monkeypatch.setattr("raiox_core.model_state.load_from_settings", lambda settings, ready_made=False: embedder)
     storage = open_storage(settings)
     real_put = storage.put
 
