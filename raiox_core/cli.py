@@ -461,6 +461,8 @@ def cmd_doctor(args, s: Session) -> int:
     check("storage", lambda: (s.storage.check_writable(), f"{s.storage.description} (writable)")[1])
     check("model", lambda: f"{s.embedder.embedding_model} on {s.embedder.device}, {_precision(s.embedder)}"
                            + ("" if s.embedder.trained else " (UNTRAINED)"))
+    if checks[0][1] and s.settings.database_read_url:
+        check("replica", s.db.replica_state)
     if checks[0][1]:
         check("vectors", lambda: ", ".join(f"{m}: {n}" for m, n in s.db.stats()["embedding_models"].items()) or "none yet")
         check("indexes", lambda: _index_check(s.db, repair=args.repair))

@@ -36,6 +36,7 @@ class Settings:
     data_dir: Path = field(default_factory=default_data_dir)
     cache_dir: Path | None = None  # None: data_dir/cache (what model loads remember, e.g. the int8 check's verdict)
     database_url: str | None = field(default=None, repr=False)  # may hold a password; None: embedded pgserver
+    database_read_url: str | None = field(default=None, repr=False)  # a read replica for searches (needs database_url)
     # Both may carry user:password@ or a signed query: kept out of repr, shown only through redact_url.
     storage_url: str | None = field(default=None, repr=False)  # None: file:// under data_dir/objects
     s3_endpoint_url: str | None = field(default=None, repr=False)
@@ -105,6 +106,7 @@ class Settings:
             kwargs["cache_dir"] = Path(v).expanduser()
         for name, attr in [
             ("RAIOX_DATABASE_URL", "database_url"),
+            ("RAIOX_DATABASE_READ_URL", "database_read_url"),
             ("RAIOX_STORAGE_URL", "storage_url"),
             ("RAIOX_S3_ENDPOINT_URL", "s3_endpoint_url"),
             ("RAIOX_MODEL", "model"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import re
@@ -30,6 +31,8 @@ from . import embedded_pg, packaged
 from .errors import ConfigError, DatabaseUnavailable, DuplicateReference, InvalidInput, NotFound
 from .redact import redact_url  # noqa: F401  (re-exported: db.redact_url is public)
 
+log = logging.getLogger(__name__)
+
 _MIGRATION_LOCK = 0x5241494F  # "RAIO": serialises migrations and index creation across processes
 # Below this many candidate rows a filtered search scans exactly: pgvector 0.6 has no iterative index
 # scans, so an HNSW scan followed by a selective WHERE could return fewer than k rows.
@@ -46,6 +49,7 @@ HNSW_PARAMS = {"m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION}  # as index
 # (c)). Such a search, one that returns fewer than k rows, is repeated as an exact scan.
 FILTERED_EF_SEARCH = 400
 TUNING_TTL_S = 60.0  # how long a process keeps the recall probe's ef_search before reading it again
+REPLICA_RETRY_S = 30.0  # after a read replica failed, searches go to the primary this long before trying it again
 # A write of at least BULK_MIN_VECTORS vectors that makes up at least BULK_SHARE of the model's vectors after
 # it goes into the table without the model's index, built once at the end: inserting through a live HNSW
 # graph costs several ms per vector, a build from scratch a fraction of one (bench (l), "Bulk writes").
@@ -175,11 +179,59 @@ def migrate(url: str, timeout_s: float = 10.0) -> list[str]:
     return applied
 
 
+def _pool(url: str, max_size: int, timeout_s: float, name: str) -> ConnectionPool:
+    pool = ConnectionPool(
+        url,
+        min_size=1,
+        max_size=max_size,
+        timeout=timeout_s,
+        # Never prepared: a prepared statement may get a generic plan, which keeps the NULL filters of
+        # sql/queries.sql and cannot match a model's partial index; unprepared ones are planned per call.
+        kwargs={"connect_timeout": max(1, int(timeout_s)), "autocommit": False, "prepare_threshold": None},
+        configure=_configure,
+        check=lambda conn: _check_connection(pool, conn),  # drops dead connections so we recover after an outage
+        # The pool's background reconnection backs off exponentially (up to minutes after a long outage);
+        # giving it up after one timeout lets the next request try at once, so recovery follows the server.
+        reconnect_timeout=timeout_s,
+        open=False,
+        name=name,
+    )
+    pool.open(wait=False)
+    return pool
+
+
+def _check_connection(pool: ConnectionPool, conn: psycopg.Connection) -> None:
+    """Test a connection before lending it; the first dead one has every idle connection tested."""
+    try:
+        ConnectionPool.check_connection(conn)
+    except Exception:
+        # One dead connection usually means all of them (a restart, a failover, terminated backends).
+        # Replace the idle ones at once: met one by one, each costs a growing back-off delay, and a warm
+        # pool of 8 would make requests time out for a while after the server is back.
+        pool.check()
+        raise
+
+
+@contextmanager
+def _lent(pool: ConnectionPool, description: str) -> Iterator[psycopg.Connection]:
+    """A connection of `pool` inside a transaction; connection failures become DatabaseUnavailable."""
+    try:
+        with pool.connection() as conn:
+            with conn.transaction():
+                yield conn
+    except PoolTimeout:
+        raise DatabaseUnavailable(f"Cannot reach the database at {description}; check that it is running and reachable.") from None
+    except psycopg.OperationalError as exc:
+        if isinstance(exc, psycopg.errors.QueryCanceled):
+            raise DatabaseUnavailable("The database took too long to answer; try again.") from None
+        raise DatabaseUnavailable(f"Lost the connection to the database at {description}; try again.") from None
+
+
 class Database:
     """A pooled connection to PostgreSQL with pgvector; every public method is one short transaction."""
 
     def __init__(self, url: str, *, description: str, max_size: int = 8, timeout_s: float = 10.0, server=None,
-                 index_type: str = "vector"):
+                 index_type: str = "vector", read_url: str | None = None, read_description: str | None = None):
         self.url = url
         self.index_type = index_type  # see INDEX_TYPES; check_index_type says whether the server can
         self.description = description  # shown to users: never contains a password
@@ -188,51 +240,23 @@ class Database:
         self._deferred: dict[str, int] = {}  # model -> open bulk_load blocks that dropped (or hold off) its index
         self._lock = threading.Lock()
         self._tunings: dict[str, tuple[float, dict | None]] = {}  # model -> (read at, recall probe's row)
-        self.pool = ConnectionPool(
-            url,
-            min_size=1,
-            max_size=max_size,
-            timeout=timeout_s,
-            # Never prepared: a prepared statement may get a generic plan, which keeps the NULL filters of
-            # sql/queries.sql and cannot match a model's partial index; unprepared ones are planned per call.
-            kwargs={"connect_timeout": max(1, int(timeout_s)), "autocommit": False, "prepare_threshold": None},
-            configure=_configure,
-            check=self._check_connection,  # drops dead connections so we recover after an outage
-            # The pool's background reconnection backs off exponentially (up to minutes after a long outage);
-            # giving it up after one timeout lets the next request try at once, so recovery follows the server.
-            reconnect_timeout=timeout_s,
-            open=False,
-            name="raiox",
-        )
-        self.pool.open(wait=False)
+        self.pool = _pool(url, max_size, timeout_s, "raiox")
+        # A read replica takes the similarity searches, the bulk of the load; everything else (writes, the
+        # match log, the recall probe's record, counts) stays on the primary. None: no replica.
+        self.read_description = read_description
+        self.read_pool = _pool(read_url, max_size, timeout_s, "raiox-read") if read_url else None
+        self._replica_failed_at = -math.inf
 
     def close(self) -> None:
         self.pool.close()
-
-    def _check_connection(self, conn: psycopg.Connection) -> None:
-        """Test a connection before lending it; the first dead one has every idle connection tested."""
-        try:
-            ConnectionPool.check_connection(conn)
-        except Exception:
-            # One dead connection usually means all of them (a restart, a failover, terminated backends).
-            # Replace the idle ones at once: met one by one, each costs a growing back-off delay, and a warm
-            # pool of 8 would make requests time out for a while after the server is back.
-            self.pool.check()
-            raise
+        if self.read_pool is not None:
+            self.read_pool.close()
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
         """A pooled connection inside a transaction; connection failures become DatabaseUnavailable."""
-        try:
-            with self.pool.connection() as conn:
-                with conn.transaction():
-                    yield conn
-        except PoolTimeout:
-            raise DatabaseUnavailable(f"Cannot reach the database at {self.description}; check that it is running and reachable.") from None
-        except psycopg.OperationalError as exc:
-            if isinstance(exc, psycopg.errors.QueryCanceled):
-                raise DatabaseUnavailable("The database took too long to answer; try again.") from None
-            raise DatabaseUnavailable(f"Lost the connection to the database at {self.description}; try again.") from None
+        with _lent(self.pool, self.description) as conn:
+            yield conn
 
     def ping(self, timeout_s: float = 2.0) -> None:
         """A round trip on a new connection within `timeout_s`: DatabaseUnavailable now, not when a cache expires.
@@ -597,19 +621,35 @@ class Database:
         query = sql.SQL(named_queries()["search"]).format(
             dim=sql.Literal(len(vector)), embedding_model=sql.Literal(embedding_model),
             kind=sql.SQL("vector" if exact else self.index_type))
-        with self.connection() as conn:
-            if exact:
-                conn.execute("SET LOCAL enable_indexscan = off")
-            else:
-                needed = (tuned or {}).get("ef_search") or DEFAULT_EF_SEARCH
-                ef = ef_search or (max(FILTERED_EF_SEARCH, needed) if active else needed)
-                conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(max(ef, k))))
-            cur = conn.cursor(row_factory=dict_row)
-            cur.execute(query, params)
-            rows = cur.fetchall()
+        needed = (tuned or {}).get("ef_search") or DEFAULT_EF_SEARCH
+        ef = max(ef_search or (max(FILTERED_EF_SEARCH, needed) if active else needed), k)
+
+        def run(connection) -> list[dict]:
+            with connection() as conn:
+                if exact:
+                    conn.execute("SET LOCAL enable_indexscan = off")
+                else:
+                    conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(ef)))
+                cur = conn.cursor(row_factory=dict_row)
+                cur.execute(query, params)
+                return cur.fetchall()
+
+        rows = self._on_replica(run)
         if active and not exact and len(rows) < k:
             return self.search(vector, embedding_model, k, filters, exact=True)
         return rows
+
+    def _on_replica(self, run):
+        """run(connection) on the read replica when there is one, else (or while it cannot be reached) on
+        the primary: a replica that is down slows nothing but itself (retried after REPLICA_RETRY_S)."""
+        if self.read_pool is None or time.monotonic() - self._replica_failed_at < REPLICA_RETRY_S:
+            return run(self.connection)
+        try:
+            return run(lambda: _lent(self.read_pool, self.read_description or "the read replica"))
+        except DatabaseUnavailable as exc:
+            self._replica_failed_at = time.monotonic()
+            log.warning("Searching on the primary for %.0f s: %s", REPLICA_RETRY_S, exc)
+            return run(self.connection)
 
     def _tuning(self, embedding_model: str) -> dict | None:
         """The recall probe's row for the model, re-read at most every TUNING_TTL_S (another process may probe)."""
@@ -660,15 +700,38 @@ class Database:
         return row[0] if row else "not installed"
 
 
+    def replica_state(self) -> str | None:
+        """What `raiox doctor` says of the read replica: None without one; raises DatabaseUnavailable when it
+        cannot be reached (searches then use the primary)."""
+        if self.read_pool is None:
+            return None
+        with _lent(self.read_pool, self.read_description or "the read replica") as conn:
+            standby, lag = conn.execute("SELECT pg_is_in_recovery(), "
+                                        "extract(epoch FROM now() - pg_last_xact_replay_timestamp())").fetchone()
+        if not standby:
+            return f"{self.read_description}: not a standby (searches go there all the same)"
+        since = "nothing replayed yet" if lag is None else f"last change replayed {float(lag):.1f} s ago"
+        return f"{self.read_description}, a standby taking the searches ({since})"
+
+
+def _check_url(name: str, url: str) -> None:
+    try:
+        conninfo_to_dict(url)
+    except psycopg.ProgrammingError:  # psycopg's message quotes the URL, password included: never shown
+        raise ConfigError(f"{name} is not a valid PostgreSQL URL; use postgresql://user:password@host:port/database.") from None
+
+
 def open_database(settings) -> Database:
     """Connect (starting the embedded server when no URL is set) and bring the schema up to date."""
+    read_url = settings.database_read_url
+    if read_url and not settings.database_url:
+        raise ConfigError("RAIOX_DATABASE_READ_URL is a replica of RAIOX_DATABASE_URL's database: set that too "
+                          "(the embedded database has no replica).")
+    if read_url:
+        _check_url("RAIOX_DATABASE_READ_URL", read_url)
     if settings.database_url:
         url, server = settings.database_url, None
-        try:
-            conninfo_to_dict(url)
-        except psycopg.ProgrammingError:  # psycopg's message quotes the URL, password included: never shown
-            raise ConfigError("RAIOX_DATABASE_URL is not a valid PostgreSQL URL; use "
-                              "postgresql://user:password@host:port/database.") from None
+        _check_url("RAIOX_DATABASE_URL", url)
         description = redact_url(url)
     else:
         server = embedded_pg.start(settings.data_dir)
@@ -682,7 +745,8 @@ def open_database(settings) -> Database:
         reason = (exc.diag.message_primary or type(exc).__name__).rstrip(".")
         raise DatabaseUnavailable(f"The database at {description} refused to set up Raiox's tables ({reason}).") from None
     db = Database(url, description=description, max_size=settings.pool_max_size, timeout_s=settings.db_timeout_s,
-                  server=server, index_type=settings.index_type)
+                  server=server, index_type=settings.index_type, read_url=read_url,
+                  read_description=redact_url(read_url) if read_url else None)
     try:
         db.check_index_type()
     except ConfigError:
