@@ -641,11 +641,15 @@ class Database:
 
     def _on_replica(self, run):
         """run(connection) on the read replica when there is one, else (or while it cannot be reached) on
-        the primary: a replica that is down slows nothing but itself (retried after REPLICA_RETRY_S)."""
+        the primary. A replica that fails is passed over for REPLICA_RETRY_S; a search a standby cancels
+        for a conflict with its replay (SQLSTATE 40001) is answered by the primary too."""
         if self.read_pool is None or time.monotonic() - self._replica_failed_at < REPLICA_RETRY_S:
             return run(self.connection)
         try:
             return run(lambda: _lent(self.read_pool, self.read_description or "the read replica"))
+        except psycopg.errors.SerializationFailure as exc:
+            log.info("The replica cancelled a search, answered by the primary: %s", exc)
+            return run(self.connection)
         except DatabaseUnavailable as exc:
             self._replica_failed_at = time.monotonic()
             log.warning("Searching on the primary for %.0f s: %s", REPLICA_RETRY_S, exc)
