@@ -57,7 +57,7 @@ def _after_warmup(env: BenchEnv, embedding_model: str, probe_env: dict, cold_num
     numba = {"NUMBA_CACHE_DIR": tempfile.mkdtemp(prefix="raiox-bench-numba-", dir=env.root)} if cold_numba else {}
     marker = tempfile.mkdtemp(prefix="warm-", dir=env.root)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "raiox_core.numba_warmup", f"{marker}/done", f"{marker}/lock"],
+    subprocess.run([sys.executable, "-m", "raiox_core.numba_warmup", f"{marker}/done"],
                    env={**os.environ, **numba}, check=True, capture_output=True, timeout=900)
     warmup_s = time.perf_counter() - start
     maps = tempfile.mkdtemp(prefix="maps-", dir=env.root)

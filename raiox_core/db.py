@@ -243,7 +243,7 @@ class Database:
         self.pool = _pool(url, max_size, timeout_s, "raiox")
         # A read replica takes the similarity searches, the bulk of the load; everything else (writes, the
         # match log, the recall probe's record, counts) stays on the primary. None: no replica.
-        self.read_description = read_description
+        self.read_description = read_description or "the read replica"
         self.read_pool = _pool(read_url, max_size, timeout_s, "raiox-read") if read_url else None
         self._replica_failed_at = -math.inf
 
@@ -646,7 +646,7 @@ class Database:
         if self.read_pool is None or time.monotonic() - self._replica_failed_at < REPLICA_RETRY_S:
             return run(self.connection)
         try:
-            return run(lambda: _lent(self.read_pool, self.read_description or "the read replica"))
+            return run(lambda: _lent(self.read_pool, self.read_description))
         except psycopg.errors.SerializationFailure as exc:
             log.info("The replica cancelled a search, answered by the primary: %s", exc)
             return run(self.connection)
@@ -709,7 +709,7 @@ class Database:
         cannot be reached (searches then use the primary)."""
         if self.read_pool is None:
             return None
-        with _lent(self.read_pool, self.read_description or "the read replica") as conn:
+        with _lent(self.read_pool, self.read_description) as conn:
             standby, lag = conn.execute("SELECT pg_is_in_recovery(), "
                                         "extract(epoch FROM now() - pg_last_xact_replay_timestamp())").fetchone()
         if not standby:

@@ -12,10 +12,10 @@ turns it off.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -27,7 +27,6 @@ from .numba_cache import numba_cache_dir
 from .projection_cache import installed_version
 
 log = logging.getLogger(__name__)
-STALE_LOCK_S = 900.0  # a warm-up that has held its lock this long died: another may start
 _started = False
 
 
@@ -37,36 +36,6 @@ def marker_path() -> Path:
     key = "|".join([sys.prefix, sys.version.split()[0],
                     *(installed_version(p) for p in ("numba", "umap-learn", "pynndescent")), model_name(), *vector_flags()])
     return numba_cache_dir() / f"raiox-warm-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
-
-
-def _running(lock: Path) -> bool:
-    """Whether the warm-up that holds the lock still runs: its pid is alive, or it started too recently
-    to have written the pid."""
-    try:
-        text, age = lock.read_text().strip(), time.time() - lock.stat().st_mtime
-    except FileNotFoundError:
-        return False
-    if not text.isdigit():
-        return age < STALE_LOCK_S
-    try:
-        os.kill(int(text), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        pass
-    return age < STALE_LOCK_S
-
-
-def _take_lock(lock: Path) -> bool:
-    """Create the lock file, or take over one left by a warm-up that died; False while one runs."""
-    if _running(lock):
-        return False
-    lock.unlink(missing_ok=True)
-    try:
-        os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-    except FileExistsError:  # another process took it between the two calls
-        return False
-    return True
 
 
 def start_in_background(enabled: bool = True) -> subprocess.Popen | None:
@@ -85,16 +54,26 @@ def start_in_background(enabled: bool = True) -> subprocess.Popen | None:
         return None
     try:
         marker.parent.mkdir(parents=True, exist_ok=True)
-        lock = marker.with_suffix(".running")
-        if not _take_lock(lock):
-            return None
-        with open(marker.with_suffix(".log"), "wb") as out:
-            child = subprocess.Popen([sys.executable, "-m", __name__, str(marker), str(lock)], stdout=out,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        lock.write_text(str(child.pid))
+        lock = os.open(marker.with_suffix(".lock"), os.O_CREAT | os.O_RDWR, 0o644)
     except OSError as exc:  # a read-only cache directory: the first map compiles, as it would without this
         log.info("numba warm-up not started: %s", exc)
         return None
+    try:
+        # The child inherits the locked file (flock belongs to the open file, as projection_jobs' map locks
+        # do): it is held while the warm-up runs, by whatever process, and freed when it ends, however.
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # one is running
+        os.close(lock)
+        return None
+    try:
+        with open(marker.with_suffix(".log"), "wb") as out:
+            child = subprocess.Popen([sys.executable, "-m", __name__, str(marker)], stdout=out,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, pass_fds=(lock,))
+    except OSError as exc:
+        log.info("numba warm-up not started: %s", exc)
+        return None
+    finally:
+        os.close(lock)  # not an unlock: the child's copy keeps the lock
     threading.Thread(target=child.wait, name="numba-warmup-reaper", daemon=True).start()  # no zombie left
     return child
 
@@ -105,29 +84,15 @@ def warm() -> None:
     import umap  # noqa: F401
 
 
-def _stop_with(parent: int, lock: Path) -> None:
-    """End this process (lock removed) once the dashboard that started it is gone: an orphaned warm-up
-    would compile on for a server that no longer runs."""
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    lock.unlink(missing_ok=True)
-    os._exit(1)
-
-
-def main(marker: str, lock: str) -> None:
+def main(marker: str) -> None:
     from . import process
 
     process.configure()  # NUMBA_CACHE_DIR, as the dashboard set it (inherited) or the default
     os.nice(19)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so that `finally` removes the lock
-    threading.Thread(target=_stop_with, args=(os.getppid(), Path(lock)), daemon=True).start()
-    try:
-        started = time.perf_counter()
-        warm()
-        Path(marker).write_text(f"warmed in {time.perf_counter() - started:.1f} s\n")
-    finally:
-        Path(lock).unlink(missing_ok=True)
+    started = time.perf_counter()
+    warm()
+    Path(marker).write_text(f"warmed in {time.perf_counter() - started:.1f} s\n")
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(sys.argv[1])
