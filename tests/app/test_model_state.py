@@ -158,7 +158,14 @@ def test_the_dashboard_starts_the_numba_warm_up_unless_it_is_off(app_env, monkey
     from raiox_core import numba_warmup
 
     def warm_ups() -> list:
-        return [p for p in psutil.Process().children() if "raiox_core.numba_warmup" in p.cmdline()]
+        found = []
+        for child in psutil.Process().children():
+            try:
+                if "raiox_core.numba_warmup" in child.cmdline():
+                    found.append(child)
+            except (psutil.ZombieProcess, psutil.NoSuchProcess):  # other tests' children, ended
+                pass
+        return found
 
     cache = tmp_path / "numba"
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(cache))
