@@ -8,11 +8,14 @@ in that file is alive: nothing Raiox starts outlives the last Raiox process by m
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import logging
 import os
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -26,6 +29,7 @@ WATCHDOG_LOCK = ".raiox-watchdog.lock"  # held by the one watchdog of a server
 _watchdog = None  # the Popen of the watchdog this process started: kept, so that it is never collected
 SHARED_BUFFERS_SHARE = 0.25  # PostgreSQL's usual advice for a dedicated server: a quarter of the RAM
 SHARED_BUFFERS_MAX_MB = 4096
+EXIT_WAIT_S = 10.0  # how long stop() waits for a postmaster that has removed its PID file to exit too
 
 
 def shared_buffers_mb() -> int:
@@ -119,11 +123,32 @@ def stop(pgdata: Path) -> None:
     from pgserver._commands import pg_ctl
 
     user = "pgserver" if os.name != "nt" and os.geteuid() == 0 else None  # pgserver's rule: never as root
+    pid = postmaster_pid(pgdata)
     try:
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=60)
     except subprocess.CalledProcessError:
         if postmaster_pid(pgdata) is not None:
             raise
+    # pg_ctl returns once the PID file is gone, a moment before the postmaster has exited: wait for that,
+    # so that a handle of this process looking at it afterwards (pgserver's cleanup) finds it gone.
+    deadline = time.monotonic() + EXIT_WAIT_S
+    while pid is not None and _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def release(server) -> None:
+    """This process is done with server (pgserver's cleanup): when it was the last user, the server stops.
+
+    The watchdog may have stopped it already, or stop it while pgserver's cleanup runs; pgserver would then
+    log pg_ctl's failure and signal a postmaster that is gone (psutil's NoSuchProcess): stopped, as asked."""
+    import psutil
+
+    if postmaster_pid(server.pgdata) is None:  # stopped already: let pgserver forget it, not stop it again
+        server._postmaster_info = None
+    try:
+        server.cleanup()
+    except psutil.NoSuchProcess:
+        log.debug("The embedded PostgreSQL had stopped already.")
 
 
 def _ensure_watchdog(pgdata: Path) -> None:
@@ -138,6 +163,14 @@ def _ensure_watchdog(pgdata: Path) -> None:
                 if os.name == "nt" else {"start_new_session": True})  # a Ctrl-C of the command must not reach it
     _watchdog = subprocess.Popen([sys.executable, "-m", "raiox_core.pg_watchdog", str(pgdata)], stdin=subprocess.DEVNULL,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True, **detached)
+
+
+def _release_at_exit(server) -> None:
+    """Have this process's exit run release(server) instead of pgserver's own cleanup, once per handle."""
+    if getattr(server, "_raiox_release", None) is None:
+        server._raiox_release = functools.partial(release, server)  # compared by identity: one per handle
+        atexit.unregister(server._cleanup)
+        atexit.register(server._raiox_release)
 
 
 def start(data_dir: Path):
@@ -155,6 +188,7 @@ def start(data_dir: Path):
         from pgserver import get_server
 
         server = get_server(pgdata)  # stops when the last process using it exits
+        _release_at_exit(server)
         with PostgresServer._lock:
             # get_server hands back this process's earlier handle as it is: start a server stopped under it.
             server.ensure_postgres_running()

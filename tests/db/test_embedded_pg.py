@@ -78,10 +78,48 @@ def test_a_running_server_is_not_restarted_under_its_users_the_value_waits(data_
 def test_stopping_a_server_that_has_just_stopped_is_not_an_error(data_dir):
     """The watchdog and a last user's exit may both stop one server; the second to come finds it stopped."""
     server = embedded_pg.start(data_dir)
+    postmaster = embedded_pg.postmaster_pid(data_dir / "pg")
     embedded_pg.stop(data_dir / "pg")
-    assert embedded_pg.postmaster_pid(data_dir / "pg") is None
+    # Exited, not only without its PID file (pg_ctl's sign): pgserver's cleanup would otherwise signal it
+    # while it exits. A zombie has exited; it waits for init to reap it.
+    assert not psutil.pid_exists(postmaster) or psutil.Process(postmaster).status() == psutil.STATUS_ZOMBIE
     embedded_pg.stop(data_dir / "pg")  # pg_ctl fails here (no PID file): stopped is what was asked for
-    server.cleanup()
+    embedded_pg.release(server)
+
+
+# A Raiox process whose server another process stops: before its exit, or (the watchdog seeing the handle
+# file emptied by that exit) while its exit's cleanup runs, just after pgserver has seen a running postmaster.
+STOPPED_BEFORE_ITS_EXIT = """import pathlib, sys
+from raiox_core import embedded_pg
+embedded_pg.start(sys.argv[1])
+embedded_pg.stop(pathlib.Path(sys.argv[1]) / 'pg')
+"""
+STOPPED_DURING_ITS_EXIT = """import pathlib, sys, psutil
+from raiox_core import embedded_pg
+embedded_pg.start(sys.argv[1])
+def stopped_as_pgserver_looks(process):
+    embedded_pg.stop(pathlib.Path(sys.argv[1]) / 'pg')
+    return True  # what pgserver saw a moment earlier
+psutil.Process.is_running = stopped_as_pgserver_looks
+"""
+
+
+def _exit_of(script: str, data_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", script, str(data_dir)], capture_output=True, text=True,
+                          env=_embedded_env(data_dir), timeout=120)
+
+
+def test_a_user_whose_server_was_stopped_exits_quietly(data_dir):
+    proc = _exit_of(STOPPED_BEFORE_ITS_EXIT, data_dir)
+    assert (proc.returncode, proc.stderr) == (0, "")  # not pgserver's log of a pg_ctl stop that failed
+    _wait_until_nothing_runs(data_dir / "pg")
+
+
+def test_a_server_stopped_during_its_last_users_exit_ends_that_exit_without_a_traceback(data_dir):
+    proc = _exit_of(STOPPED_DURING_ITS_EXIT, data_dir)
+    # pgserver logs pg_ctl's failure; its own atexit cleanup would then raise NoSuchProcess.
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr and "NoSuchProcess" not in proc.stderr, proc.stderr
+    _wait_until_nothing_runs(data_dir / "pg")
 
 
 GONE_WITHIN_S = 15  # a behaviour bound (the watchdog polls every second), not a speed assertion
