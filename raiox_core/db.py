@@ -224,7 +224,14 @@ def _lent(pool: ConnectionPool, description: str) -> Iterator[psycopg.Connection
     except psycopg.OperationalError as exc:
         if isinstance(exc, psycopg.errors.QueryCanceled):
             raise DatabaseUnavailable("The database took too long to answer; try again.") from None
+        if isinstance(exc, psycopg.errors.SerializationFailure):  # an OperationalError, yet the server is up
+            raise ReplayConflict(f"The database at {description} cancelled the query for a conflict with its"
+                                 " replication; try again.") from None
         raise DatabaseUnavailable(f"Lost the connection to the database at {description}; try again.") from None
+
+
+class ReplayConflict(DatabaseUnavailable):
+    """SQLSTATE 40001: on a standby, a query cancelled because it held back the replay of the primary's WAL."""
 
 
 class Database:
@@ -647,7 +654,7 @@ class Database:
             return run(self.connection)
         try:
             return run(lambda: _lent(self.read_pool, self.read_description))
-        except psycopg.errors.SerializationFailure as exc:
+        except ReplayConflict as exc:  # the replica works: only this search goes to the primary
             log.info("The replica cancelled a search, answered by the primary: %s", exc)
             return run(self.connection)
         except DatabaseUnavailable as exc:

@@ -74,6 +74,62 @@ def wait_replayed(replica_url: str, reference_id: int) -> None:
             time.sleep(0.1)
 
 
+def holding_a_lock_then_in_recovery(connection) -> bool:
+    """A search's work for _on_replica: read the references table, then (on a standby only) keep its lock."""
+    with connection() as conn:
+        conn.execute("SELECT count(*) FROM reference_implants")  # AccessShareLock until the transaction ends
+        return conn.execute("SELECT pg_is_in_recovery(), pg_sleep(CASE WHEN pg_is_in_recovery() THEN 60 ELSE 0 END)"
+                            ).fetchone()[0]
+
+
+def test_a_search_the_standby_cancels_for_its_replay_is_answered_by_the_primary(db, pg_url, replica, caplog):
+    """A real recovery conflict: the primary takes an ACCESS EXCLUSIVE lock, whose replay on the standby
+    (max_standby_streaming_delay 0) cancels the standby query holding the table (SQLSTATE 40001)."""
+    import threading
+
+    with replica._lock:
+        replica.ensure_postgres_running()  # another test of this module stops it
+    replica_url = replica.get_uri()
+    routed = Database(pg_url, description="primary", read_url=replica_url, read_description="replica", timeout_s=5)
+    standby = psycopg.connect(replica_url, autocommit=True)
+    standby.execute("ALTER SYSTEM SET max_standby_streaming_delay = 0")
+    standby.execute("SELECT pg_reload_conf()")
+    answer: list = []
+    search = threading.Thread(target=lambda: answer.append(routed._on_replica(holding_a_lock_then_in_recovery)))
+    try:
+        with caplog.at_level("INFO", logger="raiox_core.db"):
+            search.start()
+            deadline = time.monotonic() + 30
+            while not standby.execute("SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_is_in_recovery(), pg_sleep%'"
+                                      " AND pid <> pg_backend_pid()").fetchone():
+                assert time.monotonic() < deadline, "the search never reached the standby"
+                time.sleep(0.05)
+            with psycopg.connect(pg_url) as primary:  # one transaction, holding the lock until it ends
+                primary.execute("LOCK TABLE reference_implants IN ACCESS EXCLUSIVE MODE")
+                with psycopg.connect(pg_url, autocommit=True) as other:
+                    other.execute("SELECT pg_switch_wal()")  # ships the lock's WAL record now
+                while not any("cancelled a search" in r.getMessage() for r in caplog.records):
+                    assert time.monotonic() < deadline + 30, "the standby did not cancel the search"
+                    time.sleep(0.05)
+            search.join(30)  # the lock released: the primary answers
+        assert answer == [False]  # answered by the primary, not in recovery
+        assert "conflict with its replication" in caplog.text
+        assert routed._on_replica(lambda connection: _in_recovery(connection))  # the replica still takes searches
+    finally:
+        standby.execute("ALTER SYSTEM RESET max_standby_streaming_delay")
+        standby.execute("SELECT pg_reload_conf()")
+        standby.execute("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(CASE%'"
+                        " AND pid <> pg_backend_pid()")
+        standby.close()
+        search.join(30)
+        routed.close()
+
+
+def _in_recovery(connection) -> bool:
+    with connection() as conn:
+        return conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+
+
 def test_searches_go_to_the_replica_and_to_the_primary_while_it_is_down(db, pg_url, replica, settings, monkeypatch,
                                                                        capsys):
     from raiox_core import cli
