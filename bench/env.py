@@ -41,6 +41,7 @@ class BenchEnv:
     def start(cls, settings: Settings) -> "BenchEnv":
         root = Path(tempfile.mkdtemp(prefix="raiox-bench-"))
         root.chmod(0o755)
+        embedded_pg.postgres_server_class()  # imports pgserver without platformdirs' RuntimeDirWarning
         import pgserver
 
         server = pgserver.get_server(tempfile.mkdtemp(prefix="raiox-bench-pg-"), cleanup_mode="delete")

@@ -53,25 +53,26 @@ def start_in_background(enabled: bool = True) -> subprocess.Popen | None:
     if marker.exists():
         return None
     try:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        lock = os.open(marker.with_suffix(".lock"), os.O_CREAT | os.O_RDWR, 0o644)
-    except OSError as exc:  # a read-only cache directory: the first map compiles, as it would without this
+        return _spawn_holding_the_lock(marker)
+    except OSError as exc:  # a read-only cache directory, no process to be had: the first map compiles, as without this
         log.info("numba warm-up not started: %s", exc)
         return None
+
+
+def _spawn_holding_the_lock(marker: Path) -> subprocess.Popen | None:
+    """The warm-up child, given the marker's lock; None when another process holds that lock (one is running)."""
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    lock = os.open(marker.with_suffix(".lock"), os.O_CREAT | os.O_RDWR, 0o644)
     try:
-        # The child inherits the locked file (flock belongs to the open file, as projection_jobs' map locks
-        # do): it is held while the warm-up runs, by whatever process, and freed when it ends, however.
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:  # one is running
-        os.close(lock)
-        return None
-    try:
+        try:
+            # The child inherits the locked file (flock belongs to the open file, as projection_jobs' map locks
+            # do): it is held while the warm-up runs, by whatever process, and freed when it ends, however.
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
         with open(marker.with_suffix(".log"), "wb") as out:
             child = subprocess.Popen([sys.executable, "-m", __name__, str(marker)], stdout=out,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, pass_fds=(lock,))
-    except OSError as exc:
-        log.info("numba warm-up not started: %s", exc)
-        return None
     finally:
         os.close(lock)  # not an unlock: the child's copy keeps the lock
     threading.Thread(target=child.wait, name="numba-warmup-reaper", daemon=True).start()  # no zombie left
