@@ -1,4 +1,4 @@
-"""One section on its own: load the reference sets at one size, then measure search (c) or the explorer (e).
+"""One section on its own: load the reference sets at one size, then measure search (c), match (b) or the explorer (e).
 
 For a change to the search path (the recall probe, the filtered fallback) or to the explorer that needs
 new figures without the hour of a full run. Prints the JSON and writes it to --out; bench/results/ keeps
@@ -6,6 +6,7 @@ full runs only.
 
     RAIOX_PRETRAINED=none python -m bench.rerun --references 1000000 --kinds none --out search-1m.json
     RAIOX_PRETRAINED=none python -m bench.rerun --section explorer --kinds none --out explorer-100k.json
+    RAIOX_PRETRAINED=none python -m bench.rerun --section match --references 1000000 --kinds none --out match-1m.json
 """
 
 from __future__ import annotations
@@ -15,19 +16,22 @@ import json
 import os
 import time
 
+from raiox_core import recall
 from raiox_core.config import Settings
 
-from . import explorer_bench, references, search_bench
+from . import data, explorer_bench, match_bench, references, search_bench
 from .env import BenchEnv
 from .machine import describe_machine
 
 KINDS = ("uniform", "cone", "radiographs")
+QUERY_IMAGES, STAGE_QUERIES = 50, 40  # as a full run's match section: distinct query radiographs, queries timed per stage
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.rerun", description=__doc__.splitlines()[0])
-    parser.add_argument("--section", choices=("search", "explorer"), default="search",
-                        help="search (c), or the explorer's page flow (e) on 10k and --references (default search)")
+    parser.add_argument("--section", choices=("search", "match", "explorer"), default="search",
+                        help="search (c), match end to end (b) on 10k and --references once the recall probe has"
+                             " tuned the larger index, or the explorer's page flow (e) on both (default search)")
     parser.add_argument("--references", type=int, default=100_000, help="vectors per partition (default 100,000)")
     parser.add_argument("--queries", type=int, default=200, help="fresh queries per distribution (default 200)")
     parser.add_argument("--kinds", default=",".join(KINDS),
@@ -48,6 +52,8 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         if args.section == "search":
             out["search"] = search_bench.run(env.db, sets, args.queries, env.settings.target_recall)
+        elif args.section == "match":
+            out["match"] = _match(env, sets, args.queries)
         else:  # as a full run measures it: numba's cache empty at each first map
             out["explorer"] = explorer_bench.run(env, sets, cold_numba=True)
         out.update({f"{args.section}_s": round(time.perf_counter() - start, 1), "load_after": os.getloadavg()[0]})
@@ -57,6 +63,17 @@ def main(argv: list[str] | None = None) -> None:
     with open(args.out, "w") as f:
         f.write(text)
     print(text)
+
+
+def _match(env: BenchEnv, sets, n_queries: int) -> dict:
+    """Matches as a scale run's match section takes them: after its search section's recall probe has tuned
+    the larger index (the 10k one keeps its default), with real radiographs as queries."""
+    start = time.perf_counter()
+    tuned = recall.probe(env.db, sets.embedding_models["large"], env.settings.target_recall).describe()
+    probe_s = round(time.perf_counter() - start, 1)
+    queries = [png for _, png in data.radiographs(QUERY_IMAGES, seed=1)]
+    return {"tuned_large": tuned, "probe_s": probe_s,
+            "runs": match_bench.run(env, sets, queries, n_queries, STAGE_QUERIES)}
 
 
 if __name__ == "__main__":
