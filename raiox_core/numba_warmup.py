@@ -1,13 +1,15 @@
 """Compile umap's numba kernels into numba's cache once per machine, in the background, before anyone asks
 for a map.
 
-What numba can keep between processes is what importing umap compiles: pynndescent's kernels and umap's
-`rdist`. A first 10k map in a new process took 20.5 s with numba's cache empty and 10.6 s after this
-warm-up (bench (e), 2-core Intel Xeon VM, 2026-12-03); umap's other kernels are compiled in every
-process, whatever is done here. The dashboard
-starts this warm-up when it starts (`start_in_background`): a niced child process imports umap and
-leaves a marker named after the versions and the CPU, so later starts skip it. `RAIOX_NUMBA_WARMUP=off`
-turns it off.
+Importing umap compiles pynndescent's kernels; a map and a query's placement compile umap's own, which
+`numba_cache.cache_umap_kernels` lets numba keep too. The warm-up does all three: it imports umap, then
+fits a small map on each of the explorer's two exact-neighbour paths (under 4,096 references umap's own,
+above it Raiox's) and places a query on each, so that a first map in a new process only loads compiled
+code. Above 30,000 references pynndescent's search compiles the rest on the first such map, and keeps it.
+A first 10k map in a new process took 20.5 s with numba's cache empty and 10.6 s after the import-only
+warm-up of before (bench (e), 2-core Intel Xeon VM, 2026-12-03). The dashboard starts this warm-up when
+it starts (`start_in_background`): a niced child process compiles and leaves a marker named after the
+versions and the CPU, so later starts skip it. `RAIOX_NUMBA_WARMUP=off` turns it off.
 """
 
 from __future__ import annotations
@@ -79,10 +81,20 @@ def _spawn_holding_the_lock(marker: Path) -> subprocess.Popen | None:
     return child
 
 
+WARM_MAPS = (500, 4_096)  # references: umap's exact neighbours, then the ones Raiox gives it (projection.EXACT_KNN_MAX)
+
+
 def warm() -> None:
-    """Import umap: that compiles (and caches) every kernel numba keeps for the explorer. A fit adds none
-    (tests/core/test_numba_warmup.py checks that a map fitted afterwards adds nothing to the cache)."""
-    import umap  # noqa: F401
+    """Compile, into numba's cache, what the explorer's maps and placements compile (tests/core/
+    test_numba_warmup.py checks that a new process then fits a map and places a query without compiling)."""
+    import numpy as np
+
+    from .projection import project
+
+    rng = np.random.default_rng(0)
+    for n in WARM_MAPS:
+        x = rng.standard_normal((n, 512)).astype(np.float32)
+        project(x).transform(x[:1])
 
 
 def main(marker: str) -> None:

@@ -3,7 +3,8 @@
 A projection keeps its fitted reducer, so a query image can be placed on an existing map with the
 reducer's `transform` instead of refitting (which would move every point). Keeping fitted maps between
 calls and processes is `projection_cache`'s job; numba's compiled-code directory, which makes umap's
-import seconds instead of a minute, is set up by the entry points (`numba_cache.configure_numba_cache`).
+import seconds instead of a minute, is set up by the entry points (`numba_cache.configure_numba_cache`);
+umap's own kernels join it here (`numba_cache.cache_umap_kernels`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 
 from .errors import InvalidInput, TooFewReferences
 from .grouping import best_per_row, unit_rows
+from .numba_cache import cache_umap_kernels
 
 METHODS = ("umap", "pca")
 METRICS = ("cosine", "euclidean", "correlation")
@@ -99,6 +101,7 @@ class Projection:
         x = unit_rows(np.atleast_2d(np.asarray(vectors, dtype=np.float32)))
         reducer = self.fitted_reducer()
         if self.method == "umap":
+            cache_umap_kernels()  # the reducer's unpickling imported umap: placing compiles its kernels
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 out = reducer.transform(x)
@@ -234,6 +237,7 @@ def _fit_umap(x: np.ndarray, params: ProjectionParams, n_neighbors: int, progres
     notify(progress, 0.05, "Loading UMAP (the first time in a process compiles it: up to a minute)…")
     import umap
 
+    cache_umap_kernels()
     options = {}
     if 4096 <= len(x) <= EXACT_KNN_MAX:  # below 4096 umap computes exact distances itself
         notify(progress, 0.15, f"Finding the {n_neighbors} nearest neighbours of {len(x)} references…")
