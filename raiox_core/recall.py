@@ -69,7 +69,16 @@ class Tuning:
         when = f", measured {self.measured_at:%Y-%m-%d}" if self.measured_at else ""
         low = f", 95% at least {self.recall_low:.3f}" if self.recall_low is not None and not self.exact else ""
         return (f"{how}{small}: recall@{K} {self.recall:.3f}{low} (target {self.target:g}) on {self.samples} sampled "
-                f"of {self.vectors:,} vectors{when}")
+                f"of {self.vectors:,} vectors{when}{self._shortfall()}")
+
+    def _shortfall(self) -> str:
+        """Why an index's searches scan exactly: the best the graph did (a plateau as ef_search grows means
+        references its searches cannot reach, which a larger ef_search does not mend; a rebuild may)."""
+        if not (self.exact and self.ladder):
+            return ""
+        best = max(self.ladder, key=lambda p: p["recall"])
+        return (f"; the index found at most {best['recall']:.3f} (ef_search {best['ef_search']}, "
+                f"{self.ladder[-1]['recall']:.3f} at {self.ladder[-1]['ef_search']})")
 
     def stale(self, vectors: int, target: float, index_type: str = "vector") -> bool:
         return (self.target != target or self.index_type != index_type or self.recall_low is None

@@ -61,6 +61,7 @@ def test_the_probe_picks_the_smallest_ef_search_that_reaches_the_target_and_sear
     assert all(p["recall_low"] <= p["recall"] for p in tuning.ladder)
     if tuning.exact:  # none reached it: every one was tried, and searches scan exactly
         assert efs == list(recall.LADDER) and tuning.ladder[-1]["recall_low"] < target
+        assert "the index found at most" in tuning.describe()
     else:
         assert tuning.ladder[-1]["recall_low"] >= target
         assert tuning.ef_search == min(recall.MARGIN * efs[-1], recall.LADDER[-1])  # searches use the margin
@@ -83,6 +84,17 @@ def test_the_probe_picks_the_smallest_ef_search_that_reaches_the_target_and_sear
     assert explained_searches[-1].ef_search == str(usual.ef_search)  # a new probe applies at once
     # Fresh draws from the same clusters, not the probe's kind of query: the choice holds for them.
     assert _recall(db, _hard_vectors(200, seed=99), usual.ef_search) >= 0.98
+
+
+def test_an_index_that_never_reaches_the_target_says_how_far_it_got():
+    # As the second serial 1M build (README): every ef_search fell short, so searches scan exactly.
+    ladder = [{"ef_search": ef, "recall": r, "recall_low": r - 0.01}
+              for ef, r in zip(recall.LADDER, (0.90, 0.93, 0.95, 0.96, 0.962, 0.963, 0.963, 0.9625, 0.963, 0.963, 0.963))]
+    tuning = recall.Tuning("m", None, True, 1.0, 0.98, 200, 1_000_000, ladder, recall_low=1.0)
+    assert tuning.describe().startswith("exact scans: recall@10 1.000 (target 0.98) on 200 sampled of 1,000,000 vectors")
+    assert tuning.describe().endswith("; the index found at most 0.963 (ef_search 200, 0.963 at 1000)")
+    small = recall.Tuning("m", None, True, 1.0, 0.98, 0, 3_000, [], recall_low=1.0)
+    assert "found at most" not in small.describe()  # scanned for its size, not for a shortfall
 
 
 def test_the_choice_needs_the_recall_with_95_percent_confidence_not_only_on_average():
