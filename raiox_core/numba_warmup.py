@@ -81,7 +81,7 @@ def _spawn_holding_the_lock(marker: Path) -> subprocess.Popen | None:
     return child
 
 
-WARM_MAPS = (500, 4_096)  # references: umap's exact neighbours, then the ones Raiox gives it (projection.EXACT_KNN_MAX)
+WARM_MAPS = (500, 4_096)  # references: umap's own exact neighbours (below 4,096), then the ones Raiox gives it
 
 
 def warm() -> None:
