@@ -43,6 +43,16 @@ def configure_numba_cache() -> None:
     os.environ["NUMBA_CACHE_DIR"] = str(path)
 
 
+def umap_kernels() -> list:
+    """The numba-jitted functions of the umap and pynndescent modules imported so far (one may be listed
+    under several modules that import it)."""
+    from numba.core.registry import CPUDispatcher
+
+    return [value for name, module in list(sys.modules.items())
+            if module is not None and (name == "umap" or name.startswith(("umap.", "pynndescent")))
+            for value in list(vars(module).values()) if isinstance(value, CPUDispatcher)]
+
+
 def cache_umap_kernels() -> None:
     """Let numba cache every jitted function of umap and pynndescent that it would compile afresh in each
     process (once per process; call it after importing umap and before fitting or transforming).
@@ -55,12 +65,8 @@ def cache_umap_kernels() -> None:
     if _kernels_cached:
         return
     from numba.core.caching import NullCache
-    from numba.core.registry import CPUDispatcher
 
-    for name, module in list(sys.modules.items()):
-        if module is None or not (name == "umap" or name.startswith(("umap.", "pynndescent"))):
-            continue
-        for value in list(vars(module).values()):
-            if isinstance(value, CPUDispatcher) and isinstance(value._cache, NullCache):
-                value.enable_caching()
+    for kernel in umap_kernels():
+        if isinstance(kernel._cache, NullCache):
+            kernel.enable_caching()
     _kernels_cached = True

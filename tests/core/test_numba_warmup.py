@@ -20,16 +20,13 @@ from raiox_core.config import Settings
 FIT_A_MAP = textwrap.dedent("""
     from raiox_core import process
     process.configure()
-    import sys
     import numpy as np
     import umap
-    from numba.core.registry import CPUDispatcher
+    from raiox_core.numba_cache import umap_kernels
     from raiox_core.projection import project
 
     def misses():
-        kernels = {v for name, m in list(sys.modules.items()) if name.startswith(("umap", "pynndescent"))
-                   for v in vars(m).values() if isinstance(v, CPUDispatcher)}
-        return {k: sum(k.stats.cache_misses.values()) for k in kernels}
+        return {k: sum(k.stats.cache_misses.values()) for k in set(umap_kernels())}
 
     imported = misses()
     rng = np.random.default_rng(1)
