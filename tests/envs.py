@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 
 # Set by tests/conftest.py for the whole run: what a model load remembers (the int8 check's verdict) does
-# not depend on the data dir, and sharing it spares each subprocess its ~5 s check.
-SHARED = ("RAIOX_CACHE_DIR",)
+# not depend on the data dir, and sharing it spares each subprocess its ~5 s check; no dashboard starts
+# the background numba warm-up.
+SHARED = ("RAIOX_CACHE_DIR", "RAIOX_NUMBA_WARMUP")
 
 
 def subprocess_env() -> dict[str, str]:

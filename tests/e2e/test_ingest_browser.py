@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.e2e.test_browser import app_home, app_url, browser, expect_text, wait_idle  # noqa: F401  (module-scoped fixtures)
 from tests.reliability.conftest import picture
@@ -37,6 +38,7 @@ EDITING = "() => document.activeElement && document.activeElement.classList.cont
 CELL_STATE = """([tables, id]) => { const editor = document.querySelectorAll(tables)[0], a = document.activeElement;
     if (a && a.classList.contains('gdg-input')) return 'editing';
     return editor && a && editor.contains(a) && a.id === id ? 'selected' : null; }"""
+SHOWS = "text => document.activeElement && document.activeElement.value === text"
 VALIDATION_CHANGED = """([tables, before]) => { const t = document.querySelectorAll(tables)[1];
     return t && t.textContent && t.textContent !== before; }"""
 
@@ -55,6 +57,13 @@ def _cell_state(page, row: int, column: str) -> str:
     return page.wait_for_function(CELL_STATE, arg=[GRID_TABLES, cell], timeout=10_000).json_value()
 
 
+def _open_editor(page, row: int, column: str) -> None:
+    """Double-click a number cell, then wait for its editor itself: the grid handles the two clicks in turn,
+    and a key typed while it shows the first click's selection would be lost to the second click's editor."""
+    page.mouse.dblclick(*_cell(page, row, column))
+    page.wait_for_function(EDITING, timeout=10_000)
+
+
 def _type_and_enter(page, row: int, column: str, text: str) -> None:
     """Type into a cell of the label editor at a person's pace, once its editor has the focus (a selected cell's
     editor opens on the first key; keys typed while it opens are lost), press Enter once the editor shows the
@@ -67,8 +76,11 @@ def _type_and_enter(page, row: int, column: str, text: str) -> None:
         page.keyboard.type(typed)  # opens the cell's editor, with this key in it
         page.wait_for_function(EDITING, timeout=10_000)
     page.keyboard.type(text[len(typed):], delay=50)
-    page.wait_for_function("text => document.activeElement && document.activeElement.value === text", arg=text,
-                           timeout=10_000)
+    try:
+        page.wait_for_function(SHOWS, arg=text, timeout=10_000)
+    except PlaywrightTimeout:
+        shown = page.evaluate("() => document.activeElement && document.activeElement.value")
+        pytest.fail(f"The {column} cell's editor shows {shown!r} after typing {text!r}.")
     page.keyboard.press("Enter")
     page.wait_for_function(VALIDATION_CHANGED, arg=[GRID_TABLES, before], timeout=60_000)
     wait_idle(page)
@@ -97,7 +109,7 @@ def test_labels_typed_into_the_table_are_stored(browser, app_url, app_home, tmp_
     _type_and_enter(page, 1, "manufacturer", "neodent")
     page.mouse.dblclick(*_cell(page, 1, "model"))  # mouse: double-click a cell, type
     _type_and_enter(page, 1, "model", "helix")
-    page.mouse.dblclick(*_cell(page, 1, "diameter_mm"))
+    _open_editor(page, 1, "diameter_mm")
     _type_and_enter(page, 1, "diameter_mm", "3.75")
     # Every edit survived the reruns between them: the row is now ready.
     page.get_by_text("2 ready, 0 duplicates, 0 rejected.").wait_for(timeout=60_000)
@@ -106,6 +118,11 @@ def test_labels_typed_into_the_table_are_stored(browser, app_url, app_home, tmp_
     added.write_bytes(_png(9103))
     page.locator("input[type='file']").first.set_input_files([str(added)])
     page.get_by_text("3 ready, 0 duplicates, 0 rejected.").wait_for(timeout=120_000)
+    # The new table's grids draw after the rerun ends and push the button down a row: a click before that
+    # lands where the button was (seen in CI, with both cores busy).
+    page.wait_for_function("([tables, name]) => { const t = document.querySelectorAll(tables)[1];"
+                           " return t && t.textContent.includes(name); }", arg=[GRID_TABLES, added.name],
+                           timeout=60_000)
     wait_idle(page)
     assert page.locator("[data-testid='stException']").count() == 0
     page.get_by_role("button", name="Ingest 3 files").click()
