@@ -69,10 +69,10 @@ def _match(env: BenchEnv, sets, n_queries: int) -> dict:
     """Matches as a scale run's match section takes them: after its search section's recall probe has tuned
     the larger index (the 10k one keeps its default), with real radiographs as queries."""
     start = time.perf_counter()
-    tuned = recall.probe(env.db, sets.embedding_models["large"], env.settings.target_recall).describe()
+    tuned = recall.probe(env.db, sets.embedding_models["large"], env.settings.target_recall)
     probe_s = round(time.perf_counter() - start, 1)
     queries = [png for _, png in data.radiographs(QUERY_IMAGES, seed=1)]
-    return {"tuned_large": tuned, "probe_s": probe_s,
+    return {"tuned_large": tuned.describe(), "ladder_large": tuned.ladder, "probe_s": probe_s,  # the ladder: plateau or not
             "runs": match_bench.run(env, sets, queries, n_queries, STAGE_QUERIES)}
 
 
