@@ -18,8 +18,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 os.environ["RAIOX_PRETRAINED"] = "none"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # No dashboard of the run (AppTest's or a browser test's) starts the ~40 s background numba warm-up beside
-# the tests: on two cores it slowed the browser tests into timeouts. tests/core/test_numba_warmup.py starts
-# it itself; a first map in a test compiles into the shared numba cache as it would without the warm-up.
+# the tests: on two cores it competed with them, and a browser test timed out in two CI runs.
+# tests/core/test_numba_warmup.py starts it itself; a first map in a test compiles into the shared numba
+# cache as it would without the warm-up.
 os.environ["RAIOX_NUMBA_WARMUP"] = "off"
 # One cache of what model loads remember (the int8 check's verdict) for the whole run, its subprocesses
 # included (tests/envs.py passes it on): each test keeps its own data dir, without paying the ~5 s check.

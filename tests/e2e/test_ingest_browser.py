@@ -119,7 +119,7 @@ def test_labels_typed_into_the_table_are_stored(browser, app_url, app_home, tmp_
     page.locator("input[type='file']").first.set_input_files([str(added)])
     page.get_by_text("3 ready, 0 duplicates, 0 rejected.").wait_for(timeout=120_000)
     # The new table's grids draw after the rerun ends and push the button down a row: a click before that
-    # lands where the button was (seen in CI, with both cores busy).
+    # would land where the button was (the likely cause of a click lost in CI, with both cores busy).
     page.wait_for_function("([tables, name]) => { const t = document.querySelectorAll(tables)[1];"
                            " return t && t.textContent.includes(name); }", arg=[GRID_TABLES, added.name],
                            timeout=60_000)
