@@ -7,6 +7,7 @@ full runs only.
     RAIOX_PRETRAINED=none python -m bench.rerun --references 1000000 --kinds none --out search-1m.json
     RAIOX_PRETRAINED=none python -m bench.rerun --section explorer --kinds none --out explorer-100k.json
     RAIOX_PRETRAINED=none python -m bench.rerun --section match --references 1000000 --kinds none --out match-1m.json
+    RAIOX_PRETRAINED=none python -m bench.rerun --section match --references 1000000 --kinds none --hnsw-m 24 --out m24.json
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import os
 import time
 
+from raiox_core import db as dbmod
 from raiox_core import recall
 from raiox_core.config import Settings
 
@@ -37,8 +39,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kinds", default=",".join(KINDS),
                         help=f"distributions beside the clustered one, comma-separated, or none (default {','.join(KINDS)})")
     parser.add_argument("--radiographs", type=int, default=2_000, help="rendered images behind the radiographs kind")
+    parser.add_argument("--hnsw-m", type=int, default=dbmod.HNSW_M,
+                        help="m of the HNSW indexes built: a candidate measured before db.HNSW_M changes (default %(default)s)")
     parser.add_argument("--out", required=True, help="where to write the JSON")
     args = parser.parse_args(argv)
+    _build_with_m(args.hnsw_m)
     kinds = tuple(k for k in args.kinds.split(",") if k and k != "none")
     if unknown := set(kinds) - set(KINDS):
         parser.error(f"unknown kinds {sorted(unknown)}: choose from {', '.join(KINDS)} or none")
@@ -63,6 +68,12 @@ def main(argv: list[str] | None = None) -> None:
     with open(args.out, "w") as f:
         f.write(text)
     print(text)
+
+
+def _build_with_m(m: int) -> None:
+    """This process builds its indexes with m (every reader takes db.HNSW_M / HNSW_PARAMS when it runs)."""
+    dbmod.HNSW_M = m
+    dbmod.HNSW_PARAMS = {**dbmod.HNSW_PARAMS, "m": m}
 
 
 def _match(env: BenchEnv, sets, n_queries: int) -> dict:

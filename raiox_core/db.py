@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import psycopg
@@ -537,12 +537,22 @@ class Database:
     def list(self, filters: Filters = Filters(), limit: int = 100, offset: int = 0) -> list[dict]:
         return self.query("list-references", {**filters.params(), "limit": limit, "offset": offset})
 
-    def label_variety(self, embedding_model: str, filters: Filters = Filters()) -> tuple[int, int]:
+    def label_variety(self, embedding_model: str, filters: Filters = Filters(),
+                      seen: Iterable[tuple[str, str]] = ()) -> tuple[int, int]:
         """(manufacturers, manufacturer + model pairs), each counted up to 2, among the references a search of
         this model would see: a vote over only one of them is decided before the search.
 
-        From the least and the greatest label (sql/queries.sql, label-bound).
+        `seen`: (manufacturer, model) labels known to be among them (a search's neighbours). What they already
+        show needs no query: two manufacturers answer (2, 2) at once, two models under a manufacturer filter
+        (1, 2). Otherwise from the least and the greatest label (sql/queries.sql, label-bound), an index walk
+        that is short unless few of the references have this model's vectors (bench/README.md, "Match at 1M").
         """
+        seen = set(seen)
+        seen_manufacturers = len({manufacturer for manufacturer, _ in seen})
+        if seen_manufacturers > 1:
+            return 2, 2
+        if seen_manufacturers and filters.manufacturer and len(seen) > 1:
+            return 1, 2
         params = {**filters.params(), "embedding_model": embedding_model, "only": None}
 
         def bounds(conn, column: str) -> tuple:
@@ -556,6 +566,8 @@ class Database:
                 return 0, 0
             if least != greatest:
                 return 2, 2  # two manufacturers: two labels as well
+            if len(seen) > 1:
+                return 1, 2
             params["only"] = least
             (least,), (greatest,) = bounds(conn, "model")
         return 1, 1 if least == greatest else 2

@@ -213,7 +213,8 @@ def match_image(
     neighbours = [Neighbour.from_row(r) for r in rows]
     clock.lap("search")
     manufacturers, models = vote(neighbours[:VOTE_POOL])  # the same vote whatever k
-    basis, confidence = confidence_for(db.label_variety(embedder.embedding_model, filters), manufacturers, models)
+    variety = db.label_variety(embedder.embedding_model, filters, seen={(n.manufacturer, n.model) for n in neighbours})
+    basis, confidence = confidence_for(variety, manufacturers, models)
     confident = basis is not None and bool(neighbours) and confidence >= threshold.value
     exact = _exact_reference(db, image.sha256)
     if exact is not None:

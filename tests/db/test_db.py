@@ -1,3 +1,4 @@
+import itertools
 import threading
 import uuid
 from dataclasses import dataclass
@@ -308,6 +309,35 @@ def test_filtered_search_returns_k_results_when_selective(db):
         insert(db, i, unit(rng), manufacturer=names[i % 4])
     hits = db.search(unit(rng), MODEL, k=10, filters=Filters(manufacturer="Zimmer"))
     assert len(hits) == 10 and {h["manufacturer"] for h in hits} == {"Zimmer"}
+
+
+def test_label_variety_takes_what_the_neighbours_show_and_asks_only_for_the_rest(db, monkeypatch):
+    """Labels seen among a search's neighbours never change the answer; two manufacturers, or two models under
+    a manufacturer filter, answer it without opening a connection."""
+    rng = np.random.default_rng(31)
+    labels = [("Straumann", "BL"), ("Straumann", "BLT"), ("Nobel Biocare", "REPLACE")]
+    for i, (manufacturer, model) in enumerate(labels):
+        insert(db, i, unit(rng), manufacturer=manufacturer, model=model)
+    insert(db, 9, unit(rng), manufacturer="Osstem", model="TS3")
+    with db.connection() as conn:  # Osstem has no vector of MODEL: a search of it never sees Osstem
+        conn.execute("DELETE FROM embeddings WHERE reference_id = (SELECT id FROM reference_implants"
+                     " WHERE manufacturer = 'Osstem')")
+    filters = [Filters(), Filters(manufacturer="Straumann"), Filters(manufacturer="Nobel Biocare"),
+               Filters(manufacturer="Straumann", model="BL"), Filters(manufacturer="Osstem")]
+    for f in filters:
+        searched = {(m, n) for m, n in labels if f.manufacturer in (None, m) and f.model in (None, n)}
+        expected = db.label_variety(MODEL, f)
+        for size in range(len(searched) + 1):
+            for seen in itertools.combinations(sorted(searched), size):
+                assert db.label_variety(MODEL, f, seen=seen) == expected, (f, seen)
+
+    opened = []
+    real = db.connection
+    monkeypatch.setattr(db, "connection", lambda *a, **kw: opened.append(1) or real(*a, **kw))
+    assert db.label_variety(MODEL, seen=[labels[0], labels[2]]) == (2, 2)
+    assert db.label_variety(MODEL, Filters(manufacturer="Straumann"), seen=labels[:2]) == (1, 2)
+    assert not opened
+    assert db.label_variety(MODEL, seen=labels[:2]) == (2, 2) and opened  # one manufacturer seen: the set has two
 
 
 def test_list_count_filters_and_text_search(db):
