@@ -12,7 +12,7 @@ from raiox_core.errors import RaioxError
 
 # 5 ms to 60 s: a search takes milliseconds, an encoder call on a busy two-core machine seconds.
 STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-STAGES = ("decode", "embed", "search", "vote")
+STAGES = ("decode", "embed", "search", "vote", "log")
 
 
 class _Live:

@@ -179,15 +179,17 @@ def _details(f: dict) -> list[str]:
                     for i, r in enumerate(rounds, 1)]
         out.append("")
     if rows := f.get("match"):
+        stages = list(rows[0]["stages_p50_ms"])  # as the run timed them (older runs: prepare ... vote_and_log)
         out += ["### (b) Match latency, end to end (bytes -> normalise -> embed -> search -> vote -> log), warm", "",
-                "| references | queries | p50 ms | p95 ms | prepare | embed | search | vote+log |",
-                "|---|---|---|---|---|---|---|---|"]
+                "| references | queries | p50 ms | p95 ms | " + " | ".join(stages) + " |",
+                "|---|---|---|---|" + "---|" * len(stages)]
         out += [f"| {r['references']} | {r['queries']} | {r['p50_ms']} | {r['p95_ms']} | "
-                + " | ".join(str(r["stages_p50_ms"].get(k, "-")) for k in
-                             ("prepare", "embed", "search", "vote_and_log")) + " |"
+                + " | ".join(str(r["stages_p50_ms"].get(k, "-")) for k in stages) + " |"
                 for r in rows]
-        out += ["", f"Stages are p50 ms; the encoder runs {rows[-1].get('encoder', 'fp32')}. A match stores nothing, "
-                "so it does not encode a PNG.", ""]
+        timed = ("of the same matches (vote with its label checks)" if "vote" in stages
+                 else "of separate runs of the steps, without the vote's label checks")
+        out += ["", f"Stages are p50 ms {timed}; the encoder runs {rows[-1].get('encoder', 'fp32')}. A match stores "
+                "nothing, so it does not encode a PNG.", ""]
     if search := f.get("search"):
         out += [f"### (c) Vector search, {search['vectors']} x 512, k={search['k']}, {search['queries']} queries "
                 "(through Database.search)", "", "| vectors | search | recall@10 | p50 ms | p95 ms |",

@@ -26,7 +26,7 @@ from .env import BenchEnv
 from .machine import describe_machine
 
 KINDS = ("uniform", "cone", "radiographs")
-QUERY_IMAGES, STAGE_QUERIES = 50, 40  # as a full run's match section: distinct query radiographs, queries timed per stage
+QUERY_IMAGES = 50  # distinct query radiographs, as a full run's match section
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,7 +84,7 @@ def _match(env: BenchEnv, sets, n_queries: int) -> dict:
     probe_s = round(time.perf_counter() - start, 1)
     queries = [png for _, png in data.radiographs(QUERY_IMAGES, seed=1)]
     return {"tuned_large": tuned.describe(), "ladder_large": tuned.ladder, "probe_s": probe_s,  # the ladder: plateau or not
-            "runs": match_bench.run(env, sets, queries, n_queries, STAGE_QUERIES)}
+            "runs": match_bench.run(env, sets, queries, n_queries)}
 
 
 if __name__ == "__main__":

@@ -42,7 +42,6 @@ class BenchSizes:
     n_small: int
     n_large: int
     match_queries: int
-    stage_queries: int
     search_queries: int
     encoder_images: int
     encoder_batch_sizes: tuple[int, ...]
@@ -60,12 +59,12 @@ class BenchSizes:
 
 
 FULL = BenchSizes(ingest_images=500, ingest_batch_sizes=(8, 16, 32), ingest_rounds=5, n_small=10_000, n_large=100_000,
-                  match_queries=200, stage_queries=40, search_queries=200, encoder_images=32,
+                  match_queries=200, search_queries=200, encoder_images=32,
                   encoder_batch_sizes=(1, 8, 16, 32), encoder_min_seconds=4.0, memory_matches=20, query_images=50,
                   cold_numba=True, cli_runs=5, api_requests=160, api_rounds=3,
                   train_references=(1_000, 10_000))
 QUICK = BenchSizes(ingest_images=40, ingest_batch_sizes=(16,), ingest_rounds=1, n_small=500, n_large=2_000, match_queries=30,
-                   stage_queries=5, search_queries=30, encoder_images=16, encoder_batch_sizes=(1, 16),
+                   search_queries=30, encoder_images=16, encoder_batch_sizes=(1, 16),
                    encoder_min_seconds=0.5, memory_matches=3, query_images=8, cold_numba=False,
                    cli_runs=1, api_requests=32, api_rounds=1, train_references=(200,),
                    radiograph_images=48, restore_references=2_000, explorer_scales=("small",))
@@ -144,7 +143,7 @@ def run_bench(settings: Settings, quick: bool = False, json_path: str | None = N
                                                                                sizes.radiograph_images))
         if sets is not None:
             report["figures"]["references"] = sets.figures
-            _section(report, "match", match_bench.run, env, sets, queries, sizes.match_queries, sizes.stage_queries)
+            _section(report, "match", match_bench.run, env, sets, queries, sizes.match_queries)
             _section(report, "search", search_bench.run, env.db, sets, sizes.search_queries, env.settings.target_recall)
             _section(report, "explorer", explorer_bench.run, env, sets, sizes.cold_numba, sizes.explorer_scales)
             _section(report, "memory", memory_bench.run, env, queries, sizes.memory_matches)
@@ -171,7 +170,7 @@ def _scale_sections(report: dict, env, sizes: BenchSizes, queries: list[bytes]) 
         return
     report["figures"]["references"] = sets.figures
     _section(report, "search", search_bench.run, env.db, sets, sizes.search_queries, env.settings.target_recall)
-    _section(report, "match", match_bench.run, env, sets, queries, sizes.match_queries, sizes.stage_queries)
+    _section(report, "match", match_bench.run, env, sets, queries, sizes.match_queries)
     _section(report, "memory", memory_bench.run, env, queries, sizes.memory_matches, explorer=False)
 
 

@@ -233,6 +233,7 @@ def match_image(
             results=result.to_json()["matches"], confidence=confidence, confident=confident,
             confidence_of=basis, answer=result.answer,
         )
+        clock.lap("log")
     return result
 
 

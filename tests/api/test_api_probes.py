@@ -37,7 +37,7 @@ def test_metrics_in_prometheus_format(api, seeded, make_key, demo):
     assert "/v1/match" in durations
     stages = {s.labels["stage"]: s.value for s in families["raiox_match_stage_seconds"].samples
               if s.name == "raiox_match_stage_seconds_count"}
-    assert set(stages) == {"decode", "embed", "search", "vote"} and min(stages.values()) >= 1
+    assert set(stages) == {"decode", "embed", "search", "vote", "log"} and min(stages.values()) >= 1
     buckets = [s.labels["le"] for s in families["raiox_match_stage_seconds"].samples if s.name.endswith("_bucket")]
     assert "0.005" in buckets and "60.0" in buckets
     (references,) = families["raiox_references"].samples
