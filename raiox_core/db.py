@@ -545,7 +545,7 @@ class Database:
         `seen`: (manufacturer, model) labels known to be among them (a search's neighbours). What they already
         show needs no query: two manufacturers answer (2, 2) at once, two models under a manufacturer filter
         (1, 2). Otherwise from the least and the greatest label (sql/queries.sql, label-bound), an index walk
-        that is short unless few of the references have this model's vectors (bench/README.md, "Match at 1M").
+        that is short unless few of the references have this model's vectors (README, "Search recall you can state").
         """
         seen = set(seen)
         seen_manufacturers = len({manufacturer for manufacturer, _ in seen})
