@@ -9,10 +9,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 
 from raiox_core.errors import RaioxError
+from raiox_core.match import STAGES
 
 # 5 ms to 60 s: a search takes milliseconds, an encoder call on a busy two-core machine seconds.
 STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-STAGES = ("decode", "embed", "search", "vote", "log")
 
 
 class _Live:

@@ -5,16 +5,13 @@ from __future__ import annotations
 import time
 
 from raiox_core.images import ImageLimits
-from raiox_core.match import match_bytes
+from raiox_core.match import STAGES, match_bytes
 
 from .env import BenchEnv
 from .references import ReferenceSets
 from .timing import summarize
 
 WARMUP = 5
-
-
-STAGES = ("decode", "embed", "search", "vote", "log")  # as match_bytes times them (MatchResult.timings)
 
 
 def run(env: BenchEnv, sets: ReferenceSets, query_files: list[bytes], n_queries: int) -> list:

@@ -19,6 +19,7 @@ from .naming import canonical_manufacturer
 from .references import Neighbour, Reference
 from .threshold import Threshold, ThresholdPolicy
 
+STAGES = ("decode", "embed", "search", "vote", "log")  # what match_bytes times, in order (MatchResult.timings)
 VOTE_POOL = 10  # the vote looks at this many neighbours even when fewer are shown, so k=1 is not 100% sure
 VOTE_TEMPERATURE = 0.05  # softmax temperature over cosine similarities, as CLIP's logit scale of 100 would be 0.01
 
